@@ -1,0 +1,12 @@
+//! CRA: a gRPC credit-risk scoring service.
+//!
+//! - [`contract`]: the protobuf contract and its conversion to domain types;
+//! - [`data`]: applications, the synthetic generator, Parquet/CSV I/O;
+//! - [`model`]: preprocessing, XGBoost training, the model bundle, metrics;
+//! - [`config`], [`cli`], [`telemetry`]: the `cra` binary's plumbing.
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod data;
+pub mod model;
+pub mod telemetry;
