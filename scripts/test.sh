@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command on a fresh machine: install what the tests need, then run them all:
+#   - buf lint of the contract;
+#   - cargo test: unit tests, and integration tests that start the server in-process on port 0
+#     against the real PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres;
+#     each test creates and drops its own database);
+#   - end-to-end checks of the real `cra` binary with real clients: grpcurl (via reflection) and a
+#     Python grpcio client generated from proto/.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+scripts/setup.sh --test
+export PATH="$PWD/.tools/bin:$PATH"
+
+echo "== buf lint"
+buf lint
+echo "buf lint: clean"
+
+echo "== cargo test"
+cargo test --locked --all-targets
+
+echo "== end-to-end: grpcurl and the Python client against target/debug/cra"
+tests/e2e.sh target/debug/cra
