@@ -1,0 +1,505 @@
+//! The on-disk spool: where decisions wait while PostgreSQL is down or slow.
+//!
+//! A spool directory holds append-only segment files `seg-<seq>.spool`. Each starts with an
+//! 8-byte magic and then holds frames `len: u32 LE | crc32(len ‖ payload): u32 LE | payload`,
+//! the payload being one [`DecisionRecord`] in the spool codec. Writes go to the one active
+//! segment; it is sealed (fsync'd and closed) when it reaches the segment size or when the
+//! replayer wants it. Sealed segments are immutable and are deleted only after their records
+//! are committed to PostgreSQL. A torn or corrupt frame ends the reading of its segment with a
+//! warning. One spool directory belongs to one process.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::record::{codec, DecisionRecord};
+
+const MAGIC: &[u8; 8] = b"CRASPL1\n";
+const FRAME_HEADER: usize = 8;
+/// Largest payload a frame may claim; anything larger is corruption.
+const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
+
+/// Failure modes of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool is full: {used} + {needed} bytes would exceed the limit of {limit} bytes")]
+    Full { used: u64, needed: u64, limit: u64 },
+    #[error("spool I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = SpoolError> = std::result::Result<T, E>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where the spool lives and how big it may grow.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Cap on the total size of all segments, in bytes.
+    pub max_bytes: u64,
+    /// A segment is sealed once it reaches this size.
+    pub segment_bytes: u64,
+}
+
+struct Active {
+    seq: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+struct Inner {
+    active: Option<Active>,
+    next_seq: u64,
+    /// Sealed segments by sequence number, with their size.
+    sealed: BTreeMap<u64, u64>,
+}
+
+/// The spool of one process. Appends are synchronous, short, and safe from any thread.
+pub struct Spool {
+    cfg: SpoolConfig,
+    inner: Mutex<Inner>,
+    bytes: AtomicU64,
+}
+
+/// The records read back from one sealed segment.
+#[derive(Debug)]
+pub struct SegmentContents {
+    pub records: Vec<DecisionRecord>,
+    /// Bytes at the end of the segment that did not form a valid frame (torn write, corruption).
+    pub skipped_bytes: u64,
+    /// Frames whose checksum was right but whose payload could not be decoded.
+    pub undecodable: u64,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("seg-{seq:020}.spool")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("seg-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
+}
+
+fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(payload);
+    h.finalize()
+}
+
+/// Appends the frame of each record to `out`.
+pub fn encode_frames(records: &[DecisionRecord], out: &mut Vec<u8>) {
+    for r in records {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; FRAME_HEADER]);
+        codec::encode(r, out);
+        let len = ((out.len() - start - FRAME_HEADER) as u32).to_le_bytes();
+        let crc = frame_crc(len, &out[start + FRAME_HEADER..]);
+        out[start..start + 4].copy_from_slice(&len);
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Decodes the frames of a whole segment file, stopping at the first torn or corrupt frame.
+pub fn decode_segment(data: &[u8]) -> SegmentContents {
+    let mut out = SegmentContents {
+        records: Vec::new(),
+        skipped_bytes: 0,
+        undecodable: 0,
+    };
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        out.skipped_bytes = data.len() as u64;
+        return out;
+    }
+    let mut pos = MAGIC.len();
+    while pos < data.len() {
+        let rest = &data[pos..];
+        if rest.len() < FRAME_HEADER {
+            break;
+        }
+        let len_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
+        let len = u32::from_le_bytes(len_bytes);
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len > MAX_PAYLOAD || rest.len() < FRAME_HEADER + len as usize {
+            break;
+        }
+        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len as usize];
+        if frame_crc(len_bytes, payload) != crc {
+            break;
+        }
+        match codec::decode(payload) {
+            Ok(r) => out.records.push(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an undecodable spooled record");
+                out.undecodable += 1;
+            }
+        }
+        pos += FRAME_HEADER + len as usize;
+    }
+    out.skipped_bytes = (data.len() - pos) as u64;
+    out
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool directory; existing segments become sealed
+    /// segments, to be replayed.
+    pub fn open(cfg: SpoolConfig) -> Result<Spool> {
+        fs::create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
+        let mut sealed = BTreeMap::new();
+        let mut total = 0;
+        for entry in fs::read_dir(&cfg.dir).map_err(io_err(&cfg.dir))? {
+            let entry = entry.map_err(io_err(&cfg.dir))?;
+            let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) else {
+                continue;
+            };
+            let len = entry.metadata().map_err(io_err(&entry.path()))?.len();
+            total += len;
+            sealed.insert(seq, len);
+        }
+        let next_seq = sealed.keys().next_back().map_or(1, |s| s + 1);
+        Ok(Spool {
+            cfg,
+            inner: Mutex::new(Inner {
+                active: None,
+                next_seq,
+                sealed,
+            }),
+            bytes: AtomicU64::new(total),
+        })
+    }
+
+    pub fn config(&self) -> &SpoolConfig {
+        &self.cfg
+    }
+
+    /// Total bytes of all segments on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// True when no segment holds records.
+    pub fn is_empty(&self) -> bool {
+        let inner = self.lock();
+        inner.sealed.is_empty()
+            && inner
+                .active
+                .as_ref()
+                .is_none_or(|a| a.len <= MAGIC.len() as u64)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the file state inconsistent in a way
+        // the frame checksums do not catch, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records as one write, refusing if the spool would exceed `limit` bytes (at most
+    /// the configured cap). With `sync`, the data is fsync'd before returning.
+    pub fn append(&self, records: &[DecisionRecord], limit: u64, sync: bool) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(records.len() * 320);
+        encode_frames(records, &mut buf);
+        self.append_frames(&buf, limit, sync)
+    }
+
+    /// Appends pre-encoded frames (see [`encode_frames`]).
+    pub fn append_frames(&self, buf: &[u8], limit: u64, sync: bool) -> Result<()> {
+        let limit = limit.min(self.cfg.max_bytes);
+        let to_sync;
+        {
+            let mut inner = self.lock();
+            let rotate = inner.active.as_ref().is_some_and(|a| {
+                a.len > MAGIC.len() as u64 && a.len + buf.len() as u64 > self.cfg.segment_bytes
+            });
+            if rotate {
+                self.seal_locked(&mut inner);
+            }
+            let header = if inner.active.is_none() {
+                MAGIC.len() as u64
+            } else {
+                0
+            };
+            let needed = buf.len() as u64 + header;
+            let used = self.bytes();
+            if used + needed > limit {
+                return Err(SpoolError::Full {
+                    used,
+                    needed,
+                    limit,
+                });
+            }
+            if inner.active.is_none() {
+                let active = self.create_segment(&mut inner)?;
+                inner.active = Some(active);
+                self.bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+            }
+            let active = inner.active.as_mut().expect("just created");
+            if let Err(e) = active.file.write_all(buf) {
+                // Cut a partial frame off so the segment stays well formed; if even that
+                // fails, seal the segment (the reader stops at the torn frame).
+                let path = active.path.clone();
+                if active.file.set_len(active.len).is_err() {
+                    let actual = fs::metadata(&path).map(|m| m.len()).unwrap_or(active.len);
+                    self.bytes
+                        .fetch_add(actual.saturating_sub(active.len), Ordering::Relaxed);
+                    active.len = actual;
+                    self.seal_locked(&mut inner);
+                }
+                return Err(SpoolError::Io { path, source: e });
+            }
+            active.len += buf.len() as u64;
+            self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            to_sync = if sync {
+                Some((
+                    active.path.clone(),
+                    active.file.try_clone().map_err(io_err(&active.path))?,
+                ))
+            } else {
+                None
+            };
+        }
+        if let Some((path, file)) = to_sync {
+            file.sync_data().map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    fn create_segment(&self, inner: &mut Inner) -> Result<Active> {
+        loop {
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            let path = self.cfg.dir.join(segment_name(seq));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    file.write_all(MAGIC).map_err(io_err(&path))?;
+                    // Make the new directory entry durable so the segment survives a crash.
+                    if let Ok(d) = File::open(&self.cfg.dir) {
+                        let _ = d.sync_all();
+                    }
+                    return Ok(Active {
+                        seq,
+                        path,
+                        file,
+                        len: MAGIC.len() as u64,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(SpoolError::Io { path, source: e }),
+            }
+        }
+    }
+
+    fn seal_locked(&self, inner: &mut Inner) {
+        if let Some(a) = inner.active.take() {
+            if let Err(e) = a.file.sync_data() {
+                tracing::error!(path = %a.path.display(), error = %e, "fsync of a spool segment failed");
+            }
+            inner.sealed.insert(a.seq, a.len);
+        }
+    }
+
+    /// Seals the active segment, if it holds any record, so the replayer can take it.
+    pub fn seal_active(&self) {
+        let mut inner = self.lock();
+        let has_records = inner
+            .active
+            .as_ref()
+            .is_some_and(|a| a.len > MAGIC.len() as u64);
+        if has_records {
+            self.seal_locked(&mut inner);
+        }
+    }
+
+    /// fsyncs the active segment (used after unsynced single-record appends and at shutdown).
+    pub fn sync(&self) -> Result<()> {
+        let f = {
+            let inner = self.lock();
+            match &inner.active {
+                Some(a) => Some((a.path.clone(), a.file.try_clone().map_err(io_err(&a.path))?)),
+                None => None,
+            }
+        };
+        if let Some((path, file)) = f {
+            file.sync_data().map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Sequence numbers of the sealed segments, oldest first.
+    pub fn sealed_segments(&self) -> Vec<u64> {
+        self.lock().sealed.keys().copied().collect()
+    }
+
+    /// Reads a sealed segment back.
+    pub fn read_segment(&self, seq: u64) -> Result<SegmentContents> {
+        let path = self.cfg.dir.join(segment_name(seq));
+        let data = fs::read(&path).map_err(io_err(&path))?;
+        let contents = decode_segment(&data);
+        if contents.skipped_bytes > 0 {
+            tracing::warn!(
+                segment = %path.display(),
+                skipped_bytes = contents.skipped_bytes,
+                records = contents.records.len(),
+                "spool segment ends with a torn or corrupt record; it is skipped"
+            );
+        }
+        Ok(contents)
+    }
+
+    /// Renames a sealed segment that PostgreSQL keeps rejecting to `quarantine-<seq>.spool`,
+    /// out of the replay and the size cap, for an operator to inspect. Returns the new path.
+    pub fn quarantine_segment(&self, seq: u64) -> Result<PathBuf> {
+        let from = self.cfg.dir.join(segment_name(seq));
+        let to = self.cfg.dir.join(format!("quarantine-{seq:020}.spool"));
+        let mut inner = self.lock();
+        fs::rename(&from, &to).map_err(io_err(&from))?;
+        if let Some(len) = inner.sealed.remove(&seq) {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+        Ok(to)
+    }
+
+    /// Deletes a sealed segment whose records are committed.
+    pub fn remove_segment(&self, seq: u64) -> Result<()> {
+        let path = self.cfg.dir.join(segment_name(seq));
+        let mut inner = self.lock();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::Io { path, source: e }),
+        }
+        if let Some(len) = inner.sealed.remove(&seq) {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::tests::sample;
+
+    fn cfg(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_owned(),
+            max_bytes: max,
+            segment_bytes: seg,
+        }
+    }
+
+    fn all_records(s: &Spool) -> Vec<DecisionRecord> {
+        s.seal_active();
+        s.sealed_segments()
+            .into_iter()
+            .flat_map(|seq| s.read_segment(seq).unwrap().records)
+            .collect()
+    }
+
+    #[test]
+    fn append_seal_read_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(cfg(dir.path(), 1 << 20, 4096)).unwrap();
+        assert!(s.is_empty());
+        let recs: Vec<_> = (0..100).map(sample).collect();
+        for chunk in recs.chunks(7) {
+            s.append(chunk, u64::MAX, false).unwrap();
+        }
+        assert!(s.sealed_segments().len() > 1, "rotation by size");
+        let back = all_records(&s);
+        let ids: Vec<_> = back.iter().map(|r| r.decision_id).collect();
+        assert_eq!(ids, recs.iter().map(|r| r.decision_id).collect::<Vec<_>>());
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(s.bytes(), on_disk);
+        for seq in s.sealed_segments() {
+            s.remove_segment(seq).unwrap();
+        }
+        assert_eq!(s.bytes(), 0);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn reopen_finds_segments_and_torn_tail_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs: Vec<_> = (0..10).map(sample).collect();
+        {
+            let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
+            s.append(&recs, u64::MAX, true).unwrap();
+        }
+        // Simulate a crash in the middle of writing an 11th record.
+        let seg = dir.path().join(segment_name(1));
+        let mut frame = Vec::new();
+        encode_frames(&[sample(10)], &mut frame);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&frame[..frame.len() / 2]).unwrap();
+        drop(f);
+
+        let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        assert_eq!(s.sealed_segments(), vec![1]);
+        let c = s.read_segment(1).unwrap();
+        assert_eq!(c.records.len(), 10);
+        assert_eq!(c.skipped_bytes, (frame.len() / 2) as u64);
+        // New appends go to a new segment, never into the recovered one.
+        s.append(&[sample(11)], u64::MAX, false).unwrap();
+        s.seal_active();
+        assert_eq!(s.sealed_segments(), vec![1, 2]);
+    }
+
+    #[test]
+    fn corrupt_frame_stops_reading_without_panic() {
+        let mut buf = MAGIC.to_vec();
+        encode_frames(&[sample(0), sample(1), sample(2)], &mut buf);
+        let mut one = MAGIC.to_vec();
+        encode_frames(&[sample(0)], &mut one);
+        let flip = one.len() + 20; // inside the second frame's payload
+        buf[flip] ^= 0xff;
+        let c = decode_segment(&buf);
+        assert_eq!(c.records.len(), 1);
+        assert!(c.skipped_bytes > 0);
+        // Garbage and empty files decode to nothing.
+        assert_eq!(decode_segment(b"").records.len(), 0);
+        assert_eq!(decode_segment(&[0xff; 100]).records.len(), 0);
+        let mut huge_len = MAGIC.to_vec();
+        huge_len.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge_len.extend_from_slice(&[0; 8]);
+        assert_eq!(decode_segment(&huge_len).records.len(), 0);
+    }
+
+    #[test]
+    fn cap_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(cfg(dir.path(), 4096, 1024)).unwrap();
+        let mut accepted = 0;
+        let err = loop {
+            match s.append(&[sample(accepted)], u64::MAX, false) {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 1000, "the cap never triggered");
+        };
+        assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+        assert!(s.bytes() <= 4096);
+        assert_eq!(all_records(&s).len() as u64, accepted);
+    }
+}

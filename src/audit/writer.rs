@@ -1,0 +1,693 @@
+//! The asynchronous, batched writer of the decision log and its handle, [`AuditLog`].
+//!
+//! `record()` pushes into a bounded queue and never waits for the database. A collector task
+//! cuts the queue into batches for `pool_size` writer tasks, each with its own connection.
+//! A batch that PostgreSQL does not take in time goes to the on-disk spool; a maintenance
+//! task watches the database, replays the spool when it is reachable, and keeps partitions
+//! created ahead. When the queue is full, `record()` appends straight to the spool; when
+//! neither can take a record it returns [`AuditError::Unavailable`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::db::{self, DatabaseUrl, DbError, Writer};
+use super::record::DecisionRecord;
+use super::spool::{Spool, SpoolConfig, SpoolError};
+
+/// Everything the decision log needs to run.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub database_url: DatabaseUrl,
+    /// Writer connections (one more is used for replay and upkeep).
+    pub pool_size: usize,
+    /// Most records per COPY.
+    pub batch_size: usize,
+    /// Longest a record waits in the queue before its batch is written.
+    pub flush_interval: Duration,
+    /// Records held in memory before `record()` spills to the spool.
+    pub queue_capacity: usize,
+    pub spool_dir: PathBuf,
+    /// Cap on the spool's total size on disk.
+    pub spool_max_bytes: u64,
+    /// Size at which a spool segment is sealed.
+    pub spool_segment_bytes: u64,
+    /// Fail start-up when PostgreSQL is unreachable instead of spooling.
+    pub require_database: bool,
+    pub connect_timeout: Duration,
+    /// A batch write slower than this counts as a failure; the batch is spooled.
+    pub write_timeout: Duration,
+    /// How often an unreachable database is retried and the spool replayed.
+    pub retry_interval: Duration,
+}
+
+impl AuditConfig {
+    /// Defaults for everything but the URL and the spool directory.
+    pub fn new(database_url: DatabaseUrl, spool_dir: PathBuf) -> AuditConfig {
+        AuditConfig {
+            database_url,
+            pool_size: 2,
+            batch_size: 2048,
+            flush_interval: Duration::from_millis(50),
+            queue_capacity: 65_536,
+            spool_dir,
+            spool_max_bytes: 1 << 30,
+            spool_segment_bytes: 16 << 20,
+            require_database: false,
+            connect_timeout: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Failure modes of the decision log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// Neither the queue nor the spool can take the record: the decision must not be made.
+    #[error("the decision log cannot record this decision: {0}")]
+    Unavailable(String),
+    #[error("the decision log cannot start: {0}")]
+    Database(#[from] DbError),
+    #[error("the decision log spool cannot be used: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("invalid decision log configuration: {0}")]
+    Config(String),
+}
+
+/// What readiness needs to know about the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditStatus {
+    /// New decisions can be recorded (false: the server must answer UNAVAILABLE).
+    pub accepting: bool,
+    /// The last contact with PostgreSQL succeeded.
+    pub database_up: bool,
+}
+
+/// Counters since start, for tests, benchmarks and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Records `record()` accepted (queue or spool).
+    pub accepted: u64,
+    /// Records `record()` refused with `Unavailable`.
+    pub refused: u64,
+    /// Records `record()` sent straight to the spool because the queue was full.
+    pub overflowed: u64,
+    /// Records written to the spool by the writers (database down or slow).
+    pub spooled: u64,
+    /// Rows committed to PostgreSQL (new rows only).
+    pub written: u64,
+    /// Records read back from the spool and committed (new or already present).
+    pub replayed: u64,
+    /// Records that could be neither written nor spooled at shutdown.
+    pub lost: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    overflowed: AtomicU64,
+    spooled: AtomicU64,
+    written: AtomicU64,
+    replayed: AtomicU64,
+    lost: AtomicU64,
+}
+
+struct Shared {
+    cfg: AuditConfig,
+    spool: Arc<Spool>,
+    /// `record()` refuses beyond this spool size, keeping room for what is already queued.
+    soft_limit: u64,
+    db_up: AtomicBool,
+    schema_ready: AtomicBool,
+    spool_broken: AtomicBool,
+    refusing: AtomicBool,
+    closing: AtomicBool,
+    status: watch::Sender<AuditStatus>,
+    counters: Counters,
+}
+
+struct Running {
+    tx: mpsc::Sender<DecisionRecord>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+}
+
+/// Handle to the decision log; cheap to clone. See the module docs.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Option<Arc<Running>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            None => f.write_str("AuditLog(disabled)"),
+            Some(r) => f
+                .debug_struct("AuditLog")
+                .field("database_url", &r.shared.cfg.database_url)
+                .field("status", &*r.shared.status.borrow())
+                .finish(),
+        }
+    }
+}
+
+impl AuditLog {
+    /// A log that records nothing (`--audit off`, for benchmarks only).
+    pub fn disabled() -> AuditLog {
+        AuditLog { inner: None }
+    }
+
+    /// True unless this is [`AuditLog::disabled`].
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Opens the spool, connects to PostgreSQL (creating the database and applying the
+    /// migrations), and starts the background tasks, which replay any spooled records.
+    /// An unreachable database is an error only with `require_database`; otherwise records
+    /// are spooled until it is reachable.
+    pub async fn start(cfg: AuditConfig) -> Result<AuditLog, AuditError> {
+        if cfg.pool_size == 0 || cfg.batch_size == 0 || cfg.queue_capacity == 0 {
+            return Err(AuditError::Config(
+                "pool size, batch size and queue capacity must be at least 1".into(),
+            ));
+        }
+        let spool = Arc::new(Spool::open(SpoolConfig {
+            dir: cfg.spool_dir.clone(),
+            max_bytes: cfg.spool_max_bytes,
+            segment_bytes: cfg.spool_segment_bytes.max(4096),
+        })?);
+        let pending = spool.bytes();
+
+        let first = match connect_and_migrate(&cfg).await {
+            Ok(w) => Some(w),
+            Err(e) if cfg.require_database => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(
+                    database_url = %cfg.database_url,
+                    spool_dir = %cfg.spool_dir.display(),
+                    error = %e,
+                    "PostgreSQL is unreachable: serving anyway; decisions are spooled to disk \
+                     and replayed once it is back (use --require-database to fail instead)"
+                );
+                None
+            }
+        };
+        if pending > 0 {
+            tracing::info!(
+                bytes = pending,
+                "found spooled decisions from an earlier run; replaying them"
+            );
+        }
+
+        // Room for everything already accepted but not yet spooled: the queue, the batches in
+        // flight, at a generous per-record size.
+        let reserve = ((cfg.queue_capacity + (cfg.pool_size + 2) * cfg.batch_size) as u64 * 512)
+            .min(cfg.spool_max_bytes / 2);
+        let db_up = first.is_some();
+        let (status, _) = watch::channel(AuditStatus {
+            accepting: true,
+            database_up: db_up,
+        });
+        let shared = Arc::new(Shared {
+            soft_limit: cfg.spool_max_bytes - reserve,
+            spool,
+            db_up: AtomicBool::new(db_up),
+            schema_ready: AtomicBool::new(db_up),
+            spool_broken: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            status,
+            counters: Counters::default(),
+            cfg,
+        });
+        shared.refresh();
+
+        let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity);
+        let (batch_tx, batch_rx) = mpsc::channel::<Vec<DecisionRecord>>(shared.cfg.pool_size);
+        let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(collector(
+            shared.clone(),
+            rx,
+            batch_tx,
+            shutdown_rx.clone(),
+        )));
+        for _ in 0..shared.cfg.pool_size {
+            tasks.push(tokio::spawn(worker(shared.clone(), batch_rx.clone())));
+        }
+        tasks.push(tokio::spawn(maintenance(
+            shared.clone(),
+            first,
+            shutdown_rx,
+        )));
+
+        Ok(AuditLog {
+            inner: Some(Arc::new(Running {
+                tx,
+                shared,
+                shutdown,
+                tasks: Mutex::new(Some(tasks)),
+            })),
+        })
+    }
+
+    /// Records a decision without waiting: into the queue, or into the spool when the queue
+    /// is full. `Unavailable` means the decision cannot be recorded and must not be made.
+    pub fn record(&self, rec: DecisionRecord) -> Result<(), AuditError> {
+        let Some(run) = &self.inner else {
+            return Ok(());
+        };
+        let s = &run.shared;
+        // While PostgreSQL is down and the spool is full or failing, the queue must not take
+        // more than the spool's reserve can hold: go to the spool directly (which refuses at
+        // once when full, and heals the state once it works again).
+        let direct = s.refusing.load(Ordering::Relaxed);
+        let rec = if direct {
+            rec
+        } else {
+            match run.tx.try_send(rec) {
+                Ok(()) => {
+                    s.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(
+                    mpsc::error::TrySendError::Full(rec) | mpsc::error::TrySendError::Closed(rec),
+                ) => rec,
+            }
+        };
+        match s
+            .spool
+            .append(std::slice::from_ref(&rec), s.soft_limit, false)
+        {
+            Ok(()) => {
+                if direct || s.spool_broken.load(Ordering::Relaxed) {
+                    s.spool_broken.store(false, Ordering::Relaxed);
+                    s.refresh();
+                }
+                s.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                s.counters.overflowed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, SpoolError::Io { .. }) {
+                    s.spool_broken.store(true, Ordering::Relaxed);
+                }
+                s.refresh();
+                s.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Err(AuditError::Unavailable(format!(
+                    "the decision log's queue is full or PostgreSQL is down, and the \
+                             spool refused the record: {e}"
+                )))
+            }
+        }
+    }
+
+    /// The current status (readiness: `accepting`).
+    pub fn status(&self) -> AuditStatus {
+        match &self.inner {
+            None => AuditStatus {
+                accepting: true,
+                database_up: true,
+            },
+            Some(r) => *r.shared.status.borrow(),
+        }
+    }
+
+    /// True while decisions can be recorded; readiness should follow it.
+    pub fn is_healthy(&self) -> bool {
+        self.status().accepting
+    }
+
+    /// A watch on the status, for a readiness reporter; `None` when the log is disabled.
+    pub fn subscribe(&self) -> Option<watch::Receiver<AuditStatus>> {
+        self.inner.as_ref().map(|r| r.shared.status.subscribe())
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> AuditStats {
+        let Some(r) = &self.inner else {
+            return AuditStats::default();
+        };
+        let c = &r.shared.counters;
+        AuditStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            overflowed: c.overflowed.load(Ordering::Relaxed),
+            spooled: c.spooled.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes waiting in the spool.
+    pub fn spool_bytes(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |r| r.shared.spool.bytes())
+    }
+
+    /// Flushes the queue to PostgreSQL or, failing that, to the spool, and stops the
+    /// background tasks. Records passed to `record()` afterwards go to the spool.
+    pub async fn shutdown(&self) {
+        let Some(run) = &self.inner else { return };
+        run.shared.closing.store(true, Ordering::SeqCst);
+        let _ = run.shutdown.send(true);
+        let tasks = run.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for t in tasks.into_iter().flatten() {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "a decision log task failed");
+            }
+        }
+        if let Err(e) = run.shared.spool.sync() {
+            tracing::error!(error = %e, "final fsync of the spool failed");
+        }
+        let st = self.stats();
+        tracing::info!(
+            written = st.written,
+            spooled = st.spooled,
+            overflowed = st.overflowed,
+            replayed = st.replayed,
+            lost = st.lost,
+            spool_bytes = run.shared.spool.bytes(),
+            "decision log stopped"
+        );
+    }
+}
+
+async fn connect_and_migrate(cfg: &AuditConfig) -> Result<Writer, DbError> {
+    let mut client = db::connect(&cfg.database_url, cfg.connect_timeout).await?;
+    db::migrate(&mut client).await?;
+    Writer::new(client).await
+}
+
+impl Shared {
+    /// Recomputes `refusing` and publishes the status when it changed.
+    fn refresh(&self) {
+        let db_up = self.db_up.load(Ordering::SeqCst);
+        let spool_ok =
+            self.spool.bytes() < self.soft_limit && !self.spool_broken.load(Ordering::SeqCst);
+        let refusing = !db_up && !spool_ok;
+        self.refusing.store(refusing, Ordering::SeqCst);
+        let new = AuditStatus {
+            accepting: !refusing,
+            database_up: db_up,
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != new;
+            *s = new;
+            changed
+        });
+    }
+
+    fn mark_db_down(&self, why: &DbError) {
+        if self.db_up.swap(false, Ordering::SeqCst) {
+            tracing::warn!(error = %why, "PostgreSQL write failed: spooling decisions to disk until it is back");
+        }
+        self.refresh();
+    }
+
+    async fn open_writer(&self) -> Result<Writer, DbError> {
+        let client = db::connect(&self.cfg.database_url, self.cfg.connect_timeout).await?;
+        Writer::new(client).await
+    }
+
+    /// Appends a batch to the spool, fsync'd, off the async threads.
+    async fn spool_batch(
+        self: &Arc<Self>,
+        batch: Vec<DecisionRecord>,
+    ) -> (Vec<DecisionRecord>, Result<(), SpoolError>) {
+        let spool = self.spool.clone();
+        let limit = self.cfg.spool_max_bytes;
+        match tokio::task::spawn_blocking(move || {
+            let r = spool.append(&batch, limit, true);
+            (batch, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => panic!("spool append task panicked: {e}"),
+        }
+    }
+
+    /// Gets a batch into PostgreSQL or the spool, retrying while neither works (until shutdown).
+    async fn deliver(self: &Arc<Self>, conn: &mut Option<Writer>, mut batch: Vec<DecisionRecord>) {
+        loop {
+            if self.db_up.load(Ordering::SeqCst) {
+                if conn.as_ref().is_none_or(Writer::is_closed) {
+                    match self.open_writer().await {
+                        Ok(w) => *conn = Some(w),
+                        Err(e) => {
+                            *conn = None;
+                            self.mark_db_down(&e);
+                        }
+                    }
+                }
+                if let Some(w) = conn.as_mut() {
+                    match w.write(&batch, self.cfg.write_timeout).await {
+                        Ok(n) => {
+                            self.counters.written.fetch_add(n, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(e) => {
+                            let alive = !w.is_closed() && !matches!(e, DbError::Timeout(_));
+                            *conn = None;
+                            if alive {
+                                // The server answered with an error: spool the batch (the
+                                // replayer quarantines it if it keeps failing).
+                                tracing::error!(error = %e, records = batch.len(), "PostgreSQL rejected a decision batch; spooling it");
+                            } else {
+                                self.mark_db_down(&e);
+                            }
+                        }
+                    }
+                }
+            }
+            let n = batch.len() as u64;
+            let (b, res) = self.spool_batch(batch).await;
+            batch = b;
+            match res {
+                Ok(()) => {
+                    self.spool_broken.store(false, Ordering::SeqCst);
+                    self.counters.spooled.fetch_add(n, Ordering::Relaxed);
+                    self.refresh();
+                    return;
+                }
+                Err(e) => {
+                    if matches!(e, SpoolError::Io { .. }) {
+                        self.spool_broken.store(true, Ordering::SeqCst);
+                    }
+                    self.refresh();
+                    if self.closing.load(Ordering::SeqCst) {
+                        tracing::error!(error = %e, records = n, "shutting down with PostgreSQL and the spool both failing: these decisions are lost");
+                        self.counters.lost.fetch_add(n, Ordering::Relaxed);
+                        return;
+                    }
+                    tracing::error!(error = %e, records = n, "cannot spool a decision batch; retrying");
+                    tokio::time::sleep(self.cfg.retry_interval).await;
+                }
+            }
+        }
+    }
+}
+
+/// Cuts the record queue into batches of at most `batch_size`, at least every flush interval.
+async fn collector(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<DecisionRecord>,
+    batch_tx: mpsc::Sender<Vec<DecisionRecord>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let size = shared.cfg.batch_size;
+    let mut closing = false;
+    loop {
+        let mut batch = Vec::with_capacity(size);
+        // Wait for the first record (or shutdown), then fill until full or the deadline.
+        let got = if closing {
+            rx.recv_many(&mut batch, size).await
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, size) => n,
+                _ = shutdown.wait_for(|s| *s) => {
+                    closing = true;
+                    rx.close();
+                    continue;
+                }
+            }
+        };
+        if got == 0 {
+            break; // closed and drained
+        }
+        let deadline = tokio::time::Instant::now() + shared.cfg.flush_interval;
+        while batch.len() < size && !closing {
+            let room = size - batch.len();
+            tokio::select! {
+                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.wait_for(|s| *s) => {
+                    closing = true;
+                    rx.close();
+                }
+            }
+        }
+        if batch_tx.send(batch).await.is_err() {
+            tracing::error!("decision log writers are gone");
+            break;
+        }
+    }
+}
+
+/// Writes batches with its own connection.
+async fn worker(
+    shared: Arc<Shared>,
+    batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<DecisionRecord>>>>,
+) {
+    let mut conn: Option<Writer> = None;
+    loop {
+        let batch = batches.lock().await.recv().await;
+        let Some(batch) = batch else { break };
+        shared.deliver(&mut conn, batch).await;
+    }
+}
+
+/// Watches the database, applies migrations once it is reachable, replays the spool, keeps
+/// partitions created ahead, and fsyncs single-record spool appends.
+async fn maintenance(
+    shared: Arc<Shared>,
+    mut conn: Option<Writer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(shared.cfg.retry_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut partitions_checked = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        if let Err(e) = shared.spool.sync() {
+            tracing::error!(error = %e, "fsync of the spool failed");
+        }
+        // (Re)connect and confirm the database answers.
+        if conn.as_ref().is_none_or(Writer::is_closed) {
+            conn = match maintenance_connect(&shared).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    shared.mark_db_down(&e);
+                    continue;
+                }
+            };
+        }
+        let Some(w) = conn.as_mut() else { continue };
+        if !shared.db_up.load(Ordering::SeqCst) {
+            let probe = tokio::time::timeout(
+                shared.cfg.connect_timeout,
+                w.client().simple_query("SELECT 1"),
+            )
+            .await;
+            if !matches!(probe, Ok(Ok(_))) {
+                conn = None;
+                continue;
+            }
+            tracing::info!(
+                "PostgreSQL is reachable again: writing decisions and replaying the spool"
+            );
+            shared.db_up.store(true, Ordering::SeqCst);
+            shared.refresh();
+        }
+        if partitions_checked.elapsed() > Duration::from_secs(3600) {
+            partitions_checked = Instant::now();
+            if let Err(e) = db::ensure_partitions(w.client()).await {
+                tracing::warn!(error = %e, "creating decision log partitions ahead failed");
+            }
+        }
+        if let Err(e) = replay(&shared, w, &shutdown).await {
+            conn = None;
+            shared.mark_db_down(&e);
+        }
+    }
+}
+
+async fn maintenance_connect(shared: &Shared) -> Result<Writer, DbError> {
+    let mut client = db::connect(&shared.cfg.database_url, shared.cfg.connect_timeout).await?;
+    if !shared.schema_ready.load(Ordering::SeqCst) {
+        let applied = db::migrate(&mut client).await?;
+        for m in &applied {
+            tracing::info!(version = m.version, name = %m.name, "applied decision log migration");
+        }
+        shared.schema_ready.store(true, Ordering::SeqCst);
+    }
+    Writer::new(client).await
+}
+
+/// Replays every sealed spool segment, deleting each once its records are committed.
+async fn replay(
+    shared: &Arc<Shared>,
+    w: &mut Writer,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), DbError> {
+    if shared.spool.is_empty() {
+        return Ok(());
+    }
+    shared.spool.seal_active();
+    for seq in shared.spool.sealed_segments() {
+        if *shutdown.borrow() {
+            break;
+        }
+        let spool = shared.spool.clone();
+        let contents = match tokio::task::spawn_blocking(move || spool.read_segment(seq)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, segment = seq, "cannot read a spool segment; will retry");
+                continue;
+            }
+            Err(e) => panic!("spool read task panicked: {e}"),
+        };
+        let started = Instant::now();
+        let mut new_rows = 0;
+        for chunk in contents.records.chunks(shared.cfg.batch_size) {
+            match w.write(chunk, shared.cfg.write_timeout).await {
+                Ok(n) => new_rows += n,
+                Err(e) if !w.is_closed() && !matches!(e, DbError::Timeout(_)) => {
+                    match shared.spool.quarantine_segment(seq) {
+                        Ok(path) => {
+                            tracing::error!(error = %e, segment = %path.display(), "PostgreSQL rejects records of a spool segment; it was moved aside for inspection and is not replayed")
+                        }
+                        Err(qe) => {
+                            tracing::error!(error = %e, quarantine_error = %qe, segment = seq, "PostgreSQL rejects records of a spool segment and it could not be moved aside")
+                        }
+                    }
+                    shared.refresh();
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let n = contents.records.len() as u64;
+        shared.counters.replayed.fetch_add(n, Ordering::Relaxed);
+        shared
+            .counters
+            .written
+            .fetch_add(new_rows, Ordering::Relaxed);
+        if let Err(e) = shared.spool.remove_segment(seq) {
+            tracing::error!(error = %e, segment = seq, "cannot delete a replayed spool segment (replaying it again is harmless)");
+        }
+        shared.refresh();
+        tracing::info!(
+            segment = seq,
+            records = n,
+            new_rows,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "replayed a spool segment"
+        );
+    }
+    Ok(())
+}
