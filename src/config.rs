@@ -19,6 +19,10 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Train the preprocessing + XGBoost pipeline on a Parquet file and write a model bundle.
     Train(TrainArgs),
+    /// Serve the model over gRPC (Score, ScoreBatch, GetModelInfo, health, reflection).
+    Serve(ServeConfig),
+    /// Load-test a running `cra serve` over gRPC and print latency percentiles and throughput.
+    Bench(BenchArgs),
     /// Apply the decision log schema (migrations) to PostgreSQL and print what was applied.
     Migrate(MigrateArgs),
 }
@@ -107,4 +111,132 @@ pub struct AuditArgs {
     /// Fail at start-up when PostgreSQL is unreachable (default: warn, spool, replay later).
     #[arg(long, env = "CRA_REQUIRE_DATABASE")]
     pub require_database: bool,
+}
+
+/// Parses a duration such as `250ms`, `30s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; use e.g. 500ms, 30s or 2m"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}`; use ms, s, m or h"
+            ))
+        }
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// `cra serve`: how the gRPC server listens, which model it loads and its safety limits.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (use port 0 for any free port).
+    #[arg(long, env = "CRA_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: std::net::SocketAddr,
+    /// Model bundle directory written by `cra train`.
+    #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
+    pub model: PathBuf,
+    /// Calls served at once (a stream counts as one for its lifetime); more are refused at once
+    /// with RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "CRA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+    /// Largest gRPC message accepted or sent, in bytes. 16 MiB holds a ScoreBatch message of
+    /// about 100,000 applications.
+    #[arg(long, env = "CRA_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Most applications of a ScoreBatch stream scored by one prediction call.
+    #[arg(long, env = "CRA_BATCH_CHUNK", default_value_t = 1024)]
+    pub batch_chunk: usize,
+    /// Tokio worker threads; default: the CPUs this process may use (cgroup quota and affinity).
+    #[arg(long, env = "CRA_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Upper bound on a unary call's time, on top of the client's grpc-timeout.
+    #[arg(long, env = "CRA_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Interval of HTTP/2 keepalive pings to idle clients.
+    #[arg(long, env = "CRA_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: std::time::Duration,
+    /// How long to wait for a keepalive ping's answer before closing the connection.
+    #[arg(long, env = "CRA_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_timeout: std::time::Duration,
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the process exits.
+    #[arg(long, env = "CRA_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of `cra serve`, listening on `listen` (tests use 127.0.0.1:0).
+    pub fn with_listen(listen: std::net::SocketAddr) -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let mut cfg = Defaults::try_parse_from(["serve"])
+            .map(|d| d.serve)
+            .expect("every ServeConfig flag has a default");
+        cfg.listen = listen;
+        cfg
+    }
+}
+
+/// RPC exercised by `cra bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    /// One `Score` call per application.
+    Unary,
+    /// `ScoreBatch` streams, `--chunk` applications per message.
+    Stream,
+}
+
+/// `cra bench`: a gRPC load generator for `cra serve`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Unary `Score` calls, or `ScoreBatch` streams.
+    #[arg(long, env = "CRA_BENCH_MODE", value_enum, default_value_t = BenchMode::Unary)]
+    pub mode: BenchMode,
+    /// Server address (host:port or http://host:port).
+    #[arg(long, env = "CRA_BENCH_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// HTTP/2 connections to open.
+    #[arg(long, env = "CRA_BENCH_CONNECTIONS", default_value_t = 2)]
+    pub connections: usize,
+    /// Calls in flight at once (unary), or concurrent streams (stream mode).
+    #[arg(long, env = "CRA_BENCH_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Stop after this many applications scored (default 100,000 unless --duration is given).
+    #[arg(long, env = "CRA_BENCH_REQUESTS")]
+    pub requests: Option<u64>,
+    /// Stop after this long instead (e.g. 10s).
+    #[arg(long, env = "CRA_BENCH_DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Applications per ScoreBatch message (stream mode).
+    #[arg(long, env = "CRA_BENCH_CHUNK", default_value_t = 1000)]
+    pub chunk: usize,
+    /// Fixed request rate per second for unary mode (open loop); default: as fast as possible.
+    #[arg(long, env = "CRA_BENCH_RATE")]
+    pub rate: Option<u64>,
+    /// Distinct random applications generated before the clock starts.
+    #[arg(long, env = "CRA_BENCH_POOL", default_value_t = 10_000)]
+    pub pool: usize,
+    /// Seed of the random applications.
+    #[arg(long, env = "CRA_BENCH_SEED", default_value_t = 7)]
+    pub seed: u64,
+    /// Unmeasured warm-up time before the clock starts.
+    #[arg(long, env = "CRA_BENCH_WARMUP", default_value = "1s", value_parser = parse_duration)]
+    pub warmup: std::time::Duration,
+    /// Print one JSON object instead of the text report.
+    #[arg(long, env = "CRA_BENCH_JSON")]
+    pub json: bool,
 }

@@ -6,9 +6,11 @@
 //! - [`audit`]: the decision log in PostgreSQL (writer, spool, migrations);
 //! - [`config`], [`cli`], [`telemetry`]: the `cra` binary's plumbing.
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod data;
 pub mod model;
+pub mod server;
 pub mod telemetry;

@@ -1,4 +1,6 @@
 //! The gRPC contract: code generated from `proto/creditrisk/v1/credit_risk.proto`.
+pub mod validate;
+
 pub mod pb {
     tonic::include_proto!("creditrisk.v1");
 }

@@ -1,0 +1,405 @@
+//! The gRPC scoring server: `creditrisk.v1.CreditRiskService`, `grpc.health.v1` and server
+//! reflection (v1 and v1alpha) on one port.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cra::server::ServerError> {
+//! use cra::{config::ServeConfig, server::ServerBuilder};
+//! let server = ServerBuilder::new(ServeConfig::with_listen("127.0.0.1:0".parse().unwrap()))
+//!     .bind()
+//!     .await?;
+//! let handle = server.spawn(); // or: server.run_until(shutdown_signal()).await
+//! println!("listening on {}", handle.local_addr());
+//! handle.shutdown().await
+//! # }
+//! ```
+//!
+//! Lifecycle: `bind` binds the port (readiness NOT_SERVING, liveness SERVING); running loads the
+//! model bundle off the reactor, scores a canary application, awaits every readiness gate, then
+//! reports SERVING. On the shutdown signal readiness flips to NOT_SERVING first, then the server
+//! stops accepting and in-flight calls get up to `shutdown_grace` to finish.
+
+pub mod health;
+pub mod metrics;
+pub mod recorder;
+pub mod service;
+pub mod shutdown;
+pub mod status;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+pub use health::{Readiness, SERVICE_NAME};
+pub use recorder::{DecisionRecord, DecisionRecorder, Outcome, RecordError, Rpc};
+pub use service::{AppState, CreditRisk, REQUEST_ID_HEADER};
+pub use shutdown::shutdown_signal;
+pub use status::ServeError;
+
+use crate::{
+    config::ServeConfig,
+    contract::{pb::credit_risk_service_server::CreditRiskServiceServer, FILE_DESCRIPTOR_SET},
+    data::Application,
+    model::{bundle::BundleError, ModelBundle},
+};
+
+/// Start-up and serving failures, each saying what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}. Is another process using the port? Choose another with --listen")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load the model bundle from {dir}: {source}")]
+    Model { dir: PathBuf, source: BundleError },
+    #[error("the model loaded but the canary application scored {0}, not a probability; the bundle is broken, retrain it")]
+    Canary(f64),
+    #[error("reflection descriptors are invalid: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the model loader stopped unexpectedly: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+type Gate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Configures a server before binding: the config, and optionally a pre-loaded model, a
+/// decision recorder and extra readiness gates.
+pub struct ServerBuilder {
+    config: ServeConfig,
+    model: Option<Arc<ModelBundle>>,
+    recorder: Option<Arc<dyn DecisionRecorder>>,
+    gates: Vec<(&'static str, Gate)>,
+}
+
+impl ServerBuilder {
+    pub fn new(config: ServeConfig) -> Self {
+        ServerBuilder {
+            config,
+            model: None,
+            recorder: None,
+            gates: Vec::new(),
+        }
+    }
+
+    /// Serves this bundle instead of loading `config.model` from disk.
+    pub fn model(mut self, bundle: Arc<ModelBundle>) -> Self {
+        self.model = Some(bundle);
+        self
+    }
+
+    /// Hands every decision (each unary call and each stream item, valid or rejected) to
+    /// `recorder` before the client sees it. Without one, `decision_id` is empty.
+    pub fn recorder(mut self, recorder: Arc<dyn DecisionRecorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Readiness stays NOT_SERVING until `gate` resolves `Ok` (e.g. the decision log connected).
+    /// An `Err` is logged and keeps readiness NOT_SERVING. Later changes go through
+    /// [`Readiness::set`] with the same name.
+    pub fn readiness_gate(
+        mut self,
+        name: &'static str,
+        gate: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Self {
+        self.gates.push((name, Box::pin(gate)));
+        self
+    }
+
+    /// Binds the listening socket and registers readiness as NOT_SERVING.
+    pub async fn bind(self) -> Result<Server, ServerError> {
+        let cfg = self.config;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let readiness = Readiness::new(reporter).await;
+        for (name, _) in &self.gates {
+            readiness.set(name, false).await;
+        }
+        let state = Arc::new(AppState::new(
+            cfg.max_concurrent_requests,
+            cfg.batch_chunk,
+            self.recorder,
+        ));
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let scoring = CreditRiskServiceServer::new(CreditRisk::new(state.clone()))
+            .max_decoding_message_size(cfg.max_message_bytes)
+            .max_encoding_message_size(cfg.max_message_bytes);
+        let router = tonic::transport::Server::builder()
+            .timeout(cfg.request_timeout)
+            .http2_keepalive_interval(Some(cfg.keepalive_interval))
+            .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
+            .tcp_nodelay(true)
+            .initial_connection_window_size(Some(8 << 20))
+            .initial_stream_window_size(Some(4 << 20))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(scoring);
+        tracing::info!(%local_addr, "listening (readiness NOT_SERVING until the model is loaded)");
+        Ok(Server {
+            local_addr,
+            config: cfg,
+            model: self.model,
+            gates: self.gates,
+            state,
+            readiness,
+            incoming,
+            router,
+        })
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    config: ServeConfig,
+    model: Option<Arc<ModelBundle>>,
+    gates: Vec<(&'static str, Gate)>,
+    state: Arc<AppState>,
+    readiness: Readiness,
+    incoming: TcpIncoming,
+    router: tonic::transport::server::Router,
+}
+
+impl Server {
+    /// The address actually bound (the real port when `--listen` used port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Shared state, e.g. for reading the latency histograms.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `signal` resolves (or the model fails to load), then drains gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            config,
+            model,
+            gates,
+            state,
+            readiness,
+            incoming,
+            router,
+            ..
+        } = self;
+        let (failed_tx, mut failed_rx) = watch::channel(false);
+        let startup = tokio::spawn(start_up(
+            config.model.clone(),
+            model,
+            gates,
+            state.clone(),
+            readiness.clone(),
+            failed_tx,
+        ));
+
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown_readiness = readiness.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = signal => {}
+                // The start-up task drops the sender when it succeeds: then never fire.
+                Ok(_) = failed_rx.wait_for(|failed| *failed) => {}
+            }
+            shutdown_readiness.begin_shutdown().await;
+            tracing::info!("draining: no new connections; in-flight calls may finish");
+            let _ = draining_tx.send(());
+        };
+        let serve = router.serve_with_incoming_shutdown(incoming, shutdown);
+        tokio::pin!(serve);
+        tokio::select! {
+            res = &mut serve => res?,
+            _ = draining_rx => {
+                match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
+                    Ok(res) => res?,
+                    Err(_) => tracing::warn!(
+                        grace = ?config.shutdown_grace,
+                        "calls still in flight after the shutdown grace period; closing them"
+                    ),
+                }
+            }
+        }
+        state.metrics.log();
+        if startup.is_finished() {
+            startup.await??;
+        } else {
+            startup.abort();
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+
+    /// Runs the server on the current tokio runtime; the handle stops it.
+    pub fn spawn(self) -> ServerHandle {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let local_addr = self.local_addr;
+        let readiness = self.readiness.clone();
+        let state = self.state.clone();
+        let task = tokio::spawn(self.run_until(async move {
+            if stop_rx.wait_for(|stop| *stop).await.is_err() {
+                // The handle was dropped without a shutdown: serve until the runtime ends.
+                std::future::pending::<()>().await;
+            }
+        }));
+        ServerHandle {
+            local_addr,
+            readiness,
+            state,
+            stop: stop_tx,
+            task,
+        }
+    }
+}
+
+/// Loads the model (unless given), scores the canary, awaits the gates, then reports SERVING.
+/// A model failure triggers shutdown and is returned.
+async fn start_up(
+    dir: PathBuf,
+    model: Option<Arc<ModelBundle>>,
+    gates: Vec<(&'static str, Gate)>,
+    state: Arc<AppState>,
+    readiness: Readiness,
+    failed: watch::Sender<bool>,
+) -> Result<(), ServerError> {
+    let loaded = match model {
+        Some(m) => Ok(m),
+        None => {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || ModelBundle::load(&d))
+                .await?
+                .map(Arc::new)
+                .map_err(|source| ServerError::Model { dir, source })
+        }
+    };
+    let bundle = match loaded.and_then(|b| {
+        let p = b.score(&Application::example()).probability_default;
+        if p.is_finite() && (0.0..=1.0).contains(&p) {
+            Ok(b)
+        } else {
+            Err(ServerError::Canary(p))
+        }
+    }) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("{e}");
+            let _ = failed.send(true);
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        model_version = bundle.version(),
+        trees = bundle.num_trees(),
+        "model loaded; canary application scored"
+    );
+    let _ = state.model.set(bundle);
+    readiness.set(health::MODEL_CONDITION, true).await;
+    for (name, gate) in gates {
+        match gate.await {
+            Ok(()) => readiness.set(name, true).await,
+            Err(e) => tracing::error!(gate = name, "readiness gate failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// A running server: its address, readiness, and a way to stop it and wait for it.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    readiness: Readiness,
+    state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the server has stopped (after [`Self::begin_shutdown`] or a failure).
+    pub async fn stopped(self) -> Result<(), ServerError> {
+        self.task.await?
+    }
+
+    /// Shuts down gracefully and waits for it.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.begin_shutdown();
+        self.stopped().await
+    }
+}
+
+/// The number of worker threads: the CPUs this process may use (respects cgroup quotas and
+/// CPU affinity), unless overridden.
+pub fn worker_threads(configured: Option<usize>) -> usize {
+    configured.filter(|n| *n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// `cra serve`: builds the runtime, serves until SIGINT/SIGTERM, drains, exits.
+pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let threads = worker_threads(config.worker_threads);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    tracing::info!(worker_threads = threads, model = %config.model.display(), "starting cra serve");
+    runtime.block_on(async move {
+        let server = ServerBuilder::new(config).bind().await?;
+        server.run_until(shutdown_signal()).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The one place where domain errors become gRPC statuses (and inline stream item errors).
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::recorder::RecordError;
+use crate::contract::{
+    pb,
+    validate::{violations_to_pb, FieldViolation},
+};
+
+/// Why a call (or one item of a stream) was not answered with a score.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The client sent an invalid request; every bad field is listed.
+    #[error("invalid request: {}", summary(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// Too many calls in flight; the client should back off and retry.
+    #[error("the server is at its limit of {limit} concurrent calls; retry with backoff")]
+    Overloaded { limit: usize },
+    /// The model is still loading (readiness is NOT_SERVING).
+    #[error("the model is not loaded yet; wait for the readiness check to report SERVING")]
+    NotReady,
+    /// The client's grpc-timeout ran out before the answer was ready.
+    #[error("the deadline of {0:?} was exceeded")]
+    DeadlineExceeded(Duration),
+    /// The decision log could take neither the record nor spool it: no decision without a record.
+    #[error("the decision could not be recorded, so it was not made: {0}")]
+    Unrecorded(#[from] RecordError),
+}
+
+fn summary(v: &[FieldViolation]) -> String {
+    let fields: Vec<&str> = v.iter().map(|v| v.field).collect();
+    format!("{} invalid field(s): {}", v.len(), fields.join(", "))
+}
+
+impl ServeError {
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ServeError::InvalidArgument(_) => Code::InvalidArgument,
+            ServeError::Overloaded { .. } => Code::ResourceExhausted,
+            ServeError::NotReady | ServeError::Unrecorded(_) => Code::Unavailable,
+            ServeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// A request without its `application`.
+    pub fn missing_application() -> Self {
+        ServeError::InvalidArgument(vec![FieldViolation::new(
+            "application",
+            "is required: ScoreRequest.application must hold the application to score",
+        )])
+    }
+
+    /// The inline form of this error for one item of a ScoreBatch stream.
+    pub fn to_item_error(&self) -> pb::ItemError {
+        pb::ItemError {
+            code: self.code() as i32,
+            message: self.to_string(),
+            field_violations: match self {
+                ServeError::InvalidArgument(v) => violations_to_pb(v),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+/// The inline error of a stream item that failed validation.
+pub fn invalid_item_error(v: &[FieldViolation]) -> pb::ItemError {
+    pb::ItemError {
+        code: Code::InvalidArgument as i32,
+        message: format!("invalid application: {}", summary(v)),
+        field_violations: violations_to_pb(v),
+    }
+}
+
+impl From<ServeError> for Status {
+    fn from(e: ServeError) -> Status {
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            ServeError::InvalidArgument(violations) => {
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(code, message, details)
+            }
+            _ => Status::new(code, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_details_name_every_field() {
+        let status: Status = ServeError::InvalidArgument(vec![
+            FieldViolation::new("age", "too young"),
+            FieldViolation::new("income", "negative"),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["age", "income"]);
+    }
+
+    #[test]
+    fn overload_is_resource_exhausted() {
+        let status: Status = ServeError::Overloaded { limit: 1 }.into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+}
