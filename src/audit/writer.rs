@@ -125,6 +125,7 @@ struct Shared {
     soft_limit: u64,
     db_up: AtomicBool,
     schema_ready: AtomicBool,
+    /// The last spool append failed (full or I/O error); cleared by a success or a replay.
     spool_broken: AtomicBool,
     refusing: AtomicBool,
     closing: AtomicBool,
@@ -299,9 +300,7 @@ impl AuditLog {
                 Ok(())
             }
             Err(e) => {
-                if matches!(e, SpoolError::Io { .. }) {
-                    s.spool_broken.store(true, Ordering::Relaxed);
-                }
+                s.spool_broken.store(true, Ordering::Relaxed);
                 s.refresh();
                 s.counters.refused.fetch_add(1, Ordering::Relaxed);
                 Err(AuditError::Unavailable(format!(
@@ -482,9 +481,7 @@ impl Shared {
                     return;
                 }
                 Err(e) => {
-                    if matches!(e, SpoolError::Io { .. }) {
-                        self.spool_broken.store(true, Ordering::SeqCst);
-                    }
+                    self.spool_broken.store(true, Ordering::SeqCst);
                     self.refresh();
                     if self.closing.load(Ordering::SeqCst) {
                         tracing::error!(error = %e, records = n, "shutting down with PostgreSQL and the spool both failing: these decisions are lost");
@@ -677,6 +674,7 @@ async fn replay(
             .counters
             .written
             .fetch_add(new_rows, Ordering::Relaxed);
+        shared.spool_broken.store(false, Ordering::SeqCst);
         if let Err(e) = shared.spool.remove_segment(seq) {
             tracing::error!(error = %e, segment = seq, "cannot delete a replayed spool segment (replaying it again is harmless)");
         }

@@ -1,0 +1,728 @@
+//! The decision log against a real PostgreSQL (default `postgres://postgres@127.0.0.1:5432`,
+//! override with `CRA_TEST_PG`). Each test creates its own database and drops it at the end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use cra::audit::spool::{Spool, SpoolConfig};
+use cra::audit::{
+    db, new_decision_id, AuditConfig, AuditError, AuditLog, DatabaseUrl, DecisionRecord, Outcome,
+    RecordedInputs, Rpc, ScoredResult, Violation,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+fn pg_base() -> String {
+    std::env::var("CRA_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database of its own for one test, dropped (with its connections) when the guard goes.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn new() -> TestDb {
+        TestDb {
+            name: format!("cra_audit_test_{}", Uuid::new_v4().simple()),
+        }
+    }
+
+    fn url(&self) -> DatabaseUrl {
+        format!("{}/{}", pg_base(), self.name).parse().unwrap()
+    }
+
+    /// The URL of this database through another address (e.g. a proxy).
+    fn url_via(&self, addr: SocketAddr) -> DatabaseUrl {
+        format!("postgres://postgres@{addr}/{}", self.name)
+            .parse()
+            .unwrap()
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        db::connect(&self.url(), Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    /// (rows, distinct decision ids); (0, 0) while the table does not exist.
+    async fn counts(&self) -> (i64, i64) {
+        let c = self.client().await;
+        match c
+            .query_one(
+                "SELECT count(*), count(DISTINCT decision_id) FROM decisions",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => (row.get(0), row.get(1)),
+            Err(_) => (0, 0),
+        }
+    }
+
+    async fn wait_for_rows(&self, n: i64, within: Duration) -> (i64, i64) {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.counts().await;
+            if c.0 >= n || Instant::now() > deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs async I/O; do it on a runtime of its own, off any test runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let url: DatabaseUrl = format!("{}/postgres", pg_base()).parse().unwrap();
+                if let Ok(c) = db::connect(&url, Duration::from_secs(5)).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn config(url: DatabaseUrl, spool: &Path) -> AuditConfig {
+    let mut cfg = AuditConfig::new(url, spool.to_owned());
+    cfg.flush_interval = Duration::from_millis(20);
+    cfg.connect_timeout = Duration::from_millis(1000);
+    cfg.write_timeout = Duration::from_secs(2);
+    cfg.retry_interval = Duration::from_millis(200);
+    cfg
+}
+
+/// A URL on which nothing listens.
+async fn dead_url(db: &TestDb) -> DatabaseUrl {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    db.url_via(addr)
+}
+
+/// A varied record: scored, or rejected with out-of-range/NaN/absent inputs.
+fn sample(i: u64) -> DecisionRecord {
+    let now = Utc::now();
+    let scored = i % 4 != 3;
+    let stream = i.is_multiple_of(3);
+    DecisionRecord {
+        decision_id: new_decision_id(),
+        request_id: format!("req-{i}"),
+        application_id: if i.is_multiple_of(10) {
+            String::new()
+        } else {
+            format!("app-{i}\0x")
+        },
+        rpc: if stream { Rpc::Stream } else { Rpc::Unary },
+        stream_id: stream.then(Uuid::new_v4),
+        stream_position: stream.then_some(i as i64),
+        received_at: now - chrono::Duration::microseconds(37),
+        decided_at: now,
+        peer: Some(format!("127.0.0.1:{}", 40000 + i % 1000)),
+        client_id: None,
+        model_version: "cra-test-v1".into(),
+        model_sha256: "ab".repeat(32),
+        inputs: RecordedInputs {
+            age: Some(if scored { 20 + (i % 60) as i32 } else { 7 }),
+            income: Some(if scored { 1000.0 * i as f64 } else { f64::NAN }),
+            employment_length: Some(3.5),
+            credit_score: (!i.is_multiple_of(5)).then_some(300 + (i % 550) as i32),
+            num_credit_lines: (!i.is_multiple_of(7)).then_some(4),
+            credit_utilization: (!i.is_multiple_of(11)).then_some(0.25),
+            debt_to_income: Some(if scored { 12.5 } else { f64::INFINITY }),
+            total_debt: Some(5000.0),
+            savings: Some(100.0),
+            loan_amount: Some(15000.0),
+            loan_term: Some(36),
+            num_late_payments: Some(0),
+            num_bankruptcies: None,
+            inquiries_last_6m: Some(1),
+            employment_status: Some(if scored { "employed" } else { "unspecified" }.into()),
+            home_ownership: Some("rent".into()),
+            loan_purpose: if scored { Some("auto".into()) } else { None },
+        },
+        outcome: if scored {
+            Outcome::Scored(ScoredResult {
+                monthly_payment: 450.75,
+                payment_to_income: 0.05,
+                margin: -1.25 + (i % 100) as f64 / 50.0,
+                probability_default: 0.2,
+                risk_score: (i % 10_000) as f64 / 100.0,
+                risk_level: "low".into(),
+                prediction: (i % 2) as i16,
+            })
+        } else {
+            Outcome::Invalid(vec![
+                Violation {
+                    field: "age".into(),
+                    description: "must be 18 to 120, got 7".into(),
+                },
+                Violation {
+                    field: "income".into(),
+                    description: "must be finite".into(),
+                },
+            ])
+        },
+        latency_us: (i % 500) as i64,
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
+}
+
+fn same_f64(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => x.to_bits() == y.to_bits() || (x - y).abs() < 1e-12,
+        _ => false,
+    }
+}
+
+/// Every record is stored exactly once, with the values it was recorded with.
+async fn assert_stored_exactly(db: &TestDb, records: &[DecisionRecord]) {
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT decision_id, request_id, application_id, rpc, stream_id, stream_position, \
+             received_at, decided_at, peer, model_version, age, income, credit_score, \
+             debt_to_income, num_bankruptcies, employment_status, loan_purpose, margin, \
+             risk_score, prediction, latency_us, outcome, violations FROM decisions",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), records.len(), "row count");
+    let by_id: HashMap<Uuid, &tokio_postgres::Row> =
+        rows.iter().map(|r| (r.get::<_, Uuid>(0), r)).collect();
+    assert_eq!(by_id.len(), records.len(), "distinct decision ids");
+    for rec in records {
+        let row = by_id
+            .get(&rec.decision_id)
+            .unwrap_or_else(|| panic!("decision {} missing", rec.decision_id));
+        let ctx = &rec.request_id;
+        assert_eq!(row.get::<_, String>(1), rec.request_id);
+        assert_eq!(
+            row.get::<_, String>(2),
+            rec.application_id.replace('\0', "\u{FFFD}"),
+            "{ctx}"
+        );
+        assert_eq!(row.get::<_, String>(3), rec.rpc.as_str(), "{ctx}");
+        assert_eq!(row.get::<_, Option<Uuid>>(4), rec.stream_id, "{ctx}");
+        assert_eq!(row.get::<_, Option<i64>>(5), rec.stream_position, "{ctx}");
+        assert_eq!(
+            row.get::<_, DateTime<Utc>>(6),
+            micros(rec.received_at),
+            "{ctx}"
+        );
+        assert_eq!(
+            row.get::<_, DateTime<Utc>>(7),
+            micros(rec.decided_at),
+            "{ctx}"
+        );
+        assert_eq!(row.get::<_, Option<String>>(8), rec.peer, "{ctx}");
+        assert_eq!(row.get::<_, String>(9), rec.model_version, "{ctx}");
+        assert_eq!(row.get::<_, Option<i32>>(10), rec.inputs.age, "{ctx}");
+        assert!(
+            same_f64(row.get(11), rec.inputs.income),
+            "{ctx}: income {:?}",
+            row.get::<_, Option<f64>>(11)
+        );
+        assert_eq!(
+            row.get::<_, Option<i32>>(12),
+            rec.inputs.credit_score,
+            "{ctx}"
+        );
+        assert!(same_f64(row.get(13), rec.inputs.debt_to_income), "{ctx}");
+        assert_eq!(
+            row.get::<_, Option<i32>>(14),
+            rec.inputs.num_bankruptcies,
+            "{ctx}"
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(15),
+            rec.inputs.employment_status,
+            "{ctx}"
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(16),
+            rec.inputs.loan_purpose,
+            "{ctx}"
+        );
+        assert_eq!(row.get::<_, i64>(20), rec.latency_us, "{ctx}");
+        assert_eq!(row.get::<_, String>(21), rec.outcome.as_str(), "{ctx}");
+        match &rec.outcome {
+            Outcome::Scored(s) => {
+                assert!(same_f64(row.get(17), Some(s.margin)), "{ctx}");
+                assert!(same_f64(row.get(18), Some(s.risk_score)), "{ctx}");
+                assert_eq!(row.get::<_, Option<i16>>(19), Some(s.prediction), "{ctx}");
+                assert_eq!(row.get::<_, Option<serde_json::Value>>(22), None, "{ctx}");
+            }
+            Outcome::Invalid(v) => {
+                assert_eq!(row.get::<_, Option<i16>>(19), None, "{ctx}");
+                let json: serde_json::Value = row.get(22);
+                let back: Vec<Violation> = serde_json::from_value(json).unwrap();
+                assert_eq!(&back, v, "{ctx}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_partitions_exist() {
+    let db = TestDb::new();
+    let mut c = db.client().await; // creates the database
+    let first = db::migrate(&mut c).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].name, "decisions");
+    let second = db::migrate(&mut c).await.unwrap();
+    assert!(second.is_empty(), "{second:?}");
+    let parts: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'decisions'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // DEFAULT + this month + PARTITION_MONTHS_AHEAD months.
+    assert_eq!(parts, 2 + db::PARTITION_MONTHS_AHEAD as i64);
+    assert_eq!(db::ensure_partitions(&c).await.unwrap(), 0);
+    // A decision far in the future lands in the DEFAULT partition instead of failing.
+    let mut r = sample(1);
+    r.decided_at = Utc::now() + chrono::Duration::days(400);
+    let mut w = db::Writer::new(c).await.unwrap();
+    assert_eq!(w.write(&[r], Duration::from_secs(5)).await.unwrap(), 1);
+    let c = db.client().await;
+    let part: String = c
+        .query_one("SELECT tableoid::regclass::text FROM decisions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(part, "decisions_default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_records_give_exactly_n_rows_with_their_values() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(db.url(), spool.path());
+    cfg.batch_size = 500;
+    let log = AuditLog::start(cfg).await.unwrap();
+    assert!(log.status().database_up);
+    let records: Vec<_> = (0..5000).map(sample).collect();
+    for r in &records {
+        log.record(r.clone()).unwrap();
+    }
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.accepted, 5000);
+    assert_eq!(st.written, 5000, "{st:?}");
+    assert_eq!(st.lost, 0);
+    assert_stored_exactly(&db, &records).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_records_already_stored_never_duplicates() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let records: Vec<_> = (0..1000).map(sample).collect();
+    let log = AuditLog::start(config(db.url(), spool.path()))
+        .await
+        .unwrap();
+    for r in &records {
+        log.record(r.clone()).unwrap();
+    }
+    log.shutdown().await;
+    assert_eq!(db.counts().await, (1000, 1000));
+
+    // The same records again: in a spool segment left from "an earlier run" (twice over),
+    // and recorded live once more.
+    {
+        let s = Spool::open(SpoolConfig {
+            dir: spool.path().to_owned(),
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+        })
+        .unwrap();
+        s.append(&records, u64::MAX, true).unwrap();
+        s.append(&records[..10], u64::MAX, true).unwrap();
+    }
+    let log = AuditLog::start(config(db.url(), spool.path()))
+        .await
+        .unwrap();
+    for r in &records {
+        log.record(r.clone()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log.spool_bytes() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.replayed, 1010, "{st:?}");
+    assert_eq!(st.written, 0, "nothing new was written: {st:?}");
+    assert_eq!(log.spool_bytes(), 0);
+    assert_stored_exactly(&db, &records).await;
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut (dropping every connection and refusing
+/// new ones) and restore.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, cut_rx) = watch::channel(0u64);
+        let up2 = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, cut }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_records_keep_being_accepted_and_land_exactly_once() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let _ = db.client().await; // create the database directly
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut cfg = config(db.url_via(proxy.addr), spool.path());
+    cfg.batch_size = 200;
+    let log = AuditLog::start(cfg).await.unwrap();
+    assert!(log.status().database_up);
+
+    let mut records = Vec::new();
+    let mut produce = |log: &AuditLog, n: u64| {
+        for _ in 0..n {
+            let r = sample(records.len() as u64);
+            log.record(r.clone())
+                .expect("record() must accept during an outage");
+            records.push(r);
+        }
+    };
+    // Before, during and after the outage, in small bursts like a live server.
+    for _ in 0..10 {
+        produce(&log, 300);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    for _ in 0..20 {
+        produce(&log, 300);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.status().database_up && Instant::now() < deadline {
+        produce(&log, 50);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!log.status().database_up, "the outage was noticed");
+    assert!(log.is_healthy(), "still accepting while the spool has room");
+    for _ in 0..10 {
+        produce(&log, 300);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(log.stats().spooled > 0, "{:?}", log.stats());
+    proxy.restore();
+    for _ in 0..10 {
+        produce(&log, 300);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = records.len() as i64;
+    let counts = db.wait_for_rows(n, Duration::from_secs(30)).await;
+    assert_eq!(counts, (n, n), "stats {:?}", log.stats());
+    assert!(log.status().database_up);
+    log.shutdown().await;
+    assert_eq!(log.stats().lost, 0);
+    assert_stored_exactly(&db, &records).await;
+}
+
+#[test]
+fn spooled_records_survive_a_crash_and_are_replayed_on_start() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let records: Vec<_> = (0..3000).map(sample).collect();
+
+    // Run 1: PostgreSQL unreachable; the runtime is torn down without shutdown() (a crash)
+    // once the writers have spooled everything.
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let url = dead_url(&db).await;
+            let log = AuditLog::start(config(url, spool.path())).await.unwrap();
+            assert!(!log.status().database_up);
+            for r in &records {
+                log.record(r.clone()).unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let st = log.stats();
+                if st.spooled + st.overflowed == records.len() as u64 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "not all spooled: {st:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        drop(rt);
+    }
+    // The crash also tore the record being written at the end of the last segment.
+    let mut segs: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    assert!(!segs.is_empty());
+    let mut frame = Vec::new();
+    cra::audit::spool::encode_frames(&[sample(999_999)], &mut frame);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(segs.last().unwrap())
+            .unwrap();
+        f.write_all(&frame[..frame.len() - 5]).unwrap();
+    }
+
+    // Run 2: PostgreSQL is there; start-up replays the spool.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let log = AuditLog::start(config(db.url(), spool.path()))
+            .await
+            .unwrap();
+        let n = records.len() as i64;
+        assert_eq!(db.wait_for_rows(n, Duration::from_secs(30)).await, (n, n));
+        log.shutdown().await;
+        assert_eq!(log.stats().replayed, records.len() as u64);
+        assert_eq!(log.spool_bytes(), 0, "replayed segments are deleted");
+        assert_stored_exactly(&db, &records).await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_without_database_flushes_the_queue_to_the_spool() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let records: Vec<_> = (0..2000).map(sample).collect();
+    let mut cfg = config(dead_url(&db).await, spool.path());
+    cfg.flush_interval = Duration::from_secs(60); // nothing leaves the queue before shutdown
+    cfg.batch_size = 100_000;
+    let log = AuditLog::start(cfg).await.unwrap();
+    for r in &records {
+        log.record(r.clone()).unwrap();
+    }
+    assert_eq!(log.stats().spooled, 0);
+    log.shutdown().await;
+    assert_eq!(log.stats().spooled, records.len() as u64);
+    // After shutdown, a late record still goes to disk.
+    let late = sample(5000);
+    log.record(late.clone()).unwrap();
+
+    let log = AuditLog::start(config(db.url(), spool.path()))
+        .await
+        .unwrap();
+    let n = records.len() as i64 + 1;
+    assert_eq!(db.wait_for_rows(n, Duration::from_secs(30)).await, (n, n));
+    log.shutdown().await;
+    let mut all = records;
+    all.push(late);
+    assert_stored_exactly(&db, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_without_database_refuses_with_unavailable_and_loses_nothing() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(dead_url(&db).await, spool.path());
+    cfg.spool_max_bytes = 256 * 1024;
+    cfg.spool_segment_bytes = 16 * 1024;
+    cfg.queue_capacity = 64;
+    cfg.batch_size = 32;
+    cfg.pool_size = 1;
+    let log = AuditLog::start(cfg).await.unwrap();
+    assert!(log.is_healthy());
+
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..100_000 {
+        let r = sample(i);
+        match log.record(r.clone()) {
+            Ok(()) => accepted.push(r),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+        if i.is_multiple_of(64) {
+            tokio::task::yield_now().await;
+        }
+    }
+    let err = refused.expect("record() never refused although the spool is capped");
+    assert!(matches!(err, AuditError::Unavailable(_)), "{err}");
+    assert!(
+        !log.is_healthy(),
+        "readiness reports it: {:?}",
+        log.status()
+    );
+    for k in 0..10 {
+        // (Larger ids make slightly larger records, which cannot fit where the last did not.)
+        assert!(log.record(sample(1_000_000 + k)).is_err(), "keeps refusing");
+    }
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.lost, 0, "{st:?}");
+    assert_eq!(st.accepted, accepted.len() as u64);
+    assert!(log.spool_bytes() <= 256 * 1024);
+
+    // Everything that was accepted reaches PostgreSQL once it is there.
+    let log = AuditLog::start(config(db.url(), spool.path()))
+        .await
+        .unwrap();
+    let n = accepted.len() as i64;
+    assert_eq!(db.wait_for_rows(n, Duration::from_secs(30)).await, (n, n));
+    assert!(log.is_healthy());
+    log.shutdown().await;
+    assert_stored_exactly(&db, &accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_database_fails_start_when_unreachable() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(dead_url(&db).await, spool.path());
+    cfg.require_database = true;
+    let err = AuditLog::start(cfg).await.unwrap_err();
+    assert!(matches!(err, AuditError::Database(_)), "{err}");
+}
+
+/// Throughput of the three paths. Run with
+/// `cargo test --release --test audit -- --ignored --nocapture bench_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_decision_log_throughput() {
+    const N: u64 = 200_000;
+    let records: Vec<_> = (0..N).map(sample).collect();
+
+    // 1. Live path: record() → queue → binary COPY.
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(db.url(), spool.path());
+    cfg.queue_capacity = N as usize;
+    cfg.batch_size = 4096;
+    let log = AuditLog::start(cfg).await.unwrap();
+    let t = Instant::now();
+    for r in &records {
+        log.record(r.clone()).unwrap();
+    }
+    let enqueue = t.elapsed();
+    while log.stats().written < N {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let live = t.elapsed();
+    log.shutdown().await;
+    println!(
+        "live:   {N} records: record() {:.0} ns each; written to PostgreSQL in {:.2} s = {:.0} records/s",
+        enqueue.as_nanos() as f64 / N as f64,
+        live.as_secs_f64(),
+        N as f64 / live.as_secs_f64()
+    );
+    drop(db);
+
+    // 2. Spool path: PostgreSQL unreachable; writers spool fsync'd batches.
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(dead_url(&db).await, spool.path());
+    cfg.queue_capacity = N as usize;
+    cfg.batch_size = 4096;
+    let log = AuditLog::start(cfg).await.unwrap();
+    let t = Instant::now();
+    for r in &records {
+        log.record(r.clone()).unwrap();
+    }
+    loop {
+        let st = log.stats();
+        if st.spooled + st.overflowed >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let spooled = t.elapsed();
+    log.shutdown().await;
+    let bytes = log.spool_bytes();
+    println!(
+        "spool:  {N} records ({:.1} MB, {} B/record) spooled in {:.2} s = {:.0} records/s",
+        bytes as f64 / 1e6,
+        bytes / N,
+        spooled.as_secs_f64(),
+        N as f64 / spooled.as_secs_f64()
+    );
+
+    // 3. Replay: start with PostgreSQL reachable.
+    let t = Instant::now();
+    let log = AuditLog::start(config(db.url(), spool.path()))
+        .await
+        .unwrap();
+    while log.stats().replayed < N {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let replay = t.elapsed();
+    log.shutdown().await;
+    assert_eq!(db.counts().await, (N as i64, N as i64));
+    println!(
+        "replay: {N} records replayed in {:.2} s = {:.0} records/s",
+        replay.as_secs_f64(),
+        N as f64 / replay.as_secs_f64()
+    );
+}
