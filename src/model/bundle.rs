@@ -210,7 +210,10 @@ pub fn feature_specs() -> Vec<FeatureSpec> {
             let (kind, transform) = match i {
                 0..=13 => ("numeric", "standard_scaler"),
                 14 => ("derived", "amortised payment; standard_scaler"),
-                15 => ("derived", "monthly_payment / (income / 12); standard_scaler"),
+                15 => (
+                    "derived",
+                    "monthly_payment / (income / 12); standard_scaler",
+                ),
                 _ => ("categorical", "ordinal"),
             };
             FeatureSpec {
@@ -235,8 +238,8 @@ pub fn xgboost_predict(booster_json: &[u8], matrix: &[f32]) -> Result<Vec<f32>> 
     let rows = matrix.len() / NUM_FEATURES;
     let booster =
         xgb::Booster::load_buffer(booster_json).map_err(|e| BundleError::Xgboost(e.to_string()))?;
-    let dmat = xgb::DMatrix::from_dense(matrix, rows)
-        .map_err(|e| BundleError::Xgboost(e.to_string()))?;
+    let dmat =
+        xgb::DMatrix::from_dense(matrix, rows).map_err(|e| BundleError::Xgboost(e.to_string()))?;
     booster
         .predict(&dmat)
         .map_err(|e| BundleError::Xgboost(e.to_string()))
@@ -313,7 +316,10 @@ impl ModelBundle {
             .collect();
         let libxgb = xgboost_predict(booster_json, &matrix)?;
         for (row, expected) in canary.probabilities.iter().enumerate() {
-            for (who, got) in [("the compiled ensemble", native[row]), ("libxgboost", libxgb[row] as f64)] {
+            for (who, got) in [
+                ("the compiled ensemble", native[row]),
+                ("libxgboost", libxgb[row] as f64),
+            ] {
                 if (got - expected).abs() > CANARY_TOLERANCE {
                     return Err(BundleError::Canary {
                         row,

@@ -97,7 +97,13 @@ impl PreprocessParams {
             }
         }
         let mean: Vec<f64> = (0..n_num)
-            .map(|j| if count[j] > 0 { sum[j] / count[j] as f64 } else { 0.0 })
+            .map(|j| {
+                if count[j] > 0 {
+                    sum[j] / count[j] as f64
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let mut ss = vec![0.0f64; n_num];
         for row in rows {
@@ -112,12 +118,20 @@ impl PreprocessParams {
             .chain(DERIVED.iter())
             .enumerate()
             .map(|(j, name)| {
-                let var = if count[j] > 0 { ss[j] / count[j] as f64 } else { 0.0 };
+                let var = if count[j] > 0 {
+                    ss[j] / count[j] as f64
+                } else {
+                    0.0
+                };
                 let std = var.sqrt();
                 ScaledColumn {
                     name: name.to_string(),
                     mean: mean[j],
-                    std: if std > 0.0 && std.is_finite() { std } else { 1.0 },
+                    std: if std > 0.0 && std.is_finite() {
+                        std
+                    } else {
+                        1.0
+                    },
                 }
             })
             .collect();
@@ -171,7 +185,11 @@ impl FittedPreprocessor {
                 "expected features {expected:?}, found {got:?}"
             )));
         }
-        if let Some(c) = self.numeric.iter().find(|c| !(c.std > 0.0 && c.mean.is_finite())) {
+        if let Some(c) = self
+            .numeric
+            .iter()
+            .find(|c| !(c.std > 0.0 && c.mean.is_finite()))
+        {
             return Err(PreprocessError::Inconsistent(format!(
                 "column {} has mean {} and std {}",
                 c.name, c.mean, c.std
@@ -277,7 +295,10 @@ mod tests {
                 if want.is_nan() {
                     assert!(got.is_nan());
                 } else {
-                    assert!((got - want).abs() <= want.abs() * 1e-6 + 1e-6, "{got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= want.abs() * 1e-6 + 1e-6,
+                        "{got} vs {want}"
+                    );
                 }
             }
             let (mp, pti) = f.derived(row);
@@ -285,8 +306,14 @@ mod tests {
             assert!((num[15] - pti).abs() < pti * 1e-6);
             assert_eq!(cats, row.category_codes());
         }
-        assert!(x[NUM_FEATURES + 3].is_nan(), "missing credit score stays missing");
-        assert!(x[NUM_FEATURES + 17].is_nan(), "missing category stays missing");
+        assert!(
+            x[NUM_FEATURES + 3].is_nan(),
+            "missing credit score stays missing"
+        );
+        assert!(
+            x[NUM_FEATURES + 17].is_nan(),
+            "missing category stays missing"
+        );
     }
 
     #[test]
