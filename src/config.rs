@@ -42,6 +42,12 @@ pub struct GenerateArgs {
     /// Write CSV instead of Parquet.
     #[arg(long, env = "CRA_CSV")]
     pub csv: bool,
+    /// Scale of the logistic noise on the risk score (larger = harder to predict).
+    #[arg(long, env = "CRA_NOISE_SCALE", default_value_t = crate::data::generator::DEFAULT_NOISE_SCALE)]
+    pub noise_scale: f64,
+    /// Share of applicants without a credit-bureau file (their six bureau fields are null).
+    #[arg(long, env = "CRA_NO_BUREAU_SHARE", default_value_t = crate::data::generator::DEFAULT_NO_BUREAU_SHARE)]
+    pub no_bureau_share: f64,
 }
 
 /// `cra train`.
@@ -53,6 +59,37 @@ pub struct TrainArgs {
     /// Directory to write the model bundle into.
     #[arg(long, env = "CRA_MODEL_OUT", default_value = "models/default")]
     pub out: PathBuf,
+    /// Boosting rounds (trees).
+    #[arg(long, env = "CRA_N_ESTIMATORS", default_value_t = 100)]
+    pub n_estimators: u32,
+    /// Maximum tree depth.
+    #[arg(long, env = "CRA_MAX_DEPTH", default_value_t = 6)]
+    pub max_depth: u32,
+    /// Learning rate (eta).
+    #[arg(long, env = "CRA_ETA", default_value_t = 0.1)]
+    pub eta: f64,
+    /// L1 regularisation on leaf weights (alpha).
+    #[arg(long, env = "CRA_REG_ALPHA", default_value_t = 0.1)]
+    pub reg_alpha: f64,
+    /// L2 regularisation on leaf weights (lambda).
+    #[arg(long, env = "CRA_REG_LAMBDA", default_value_t = 1.0)]
+    pub reg_lambda: f64,
+    /// Seed of the train/test split and of XGBoost.
+    #[arg(long, env = "CRA_TRAIN_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Share of each class held out as the test set.
+    #[arg(long, env = "CRA_TEST_FRACTION", default_value_t = 0.3)]
+    pub test_fraction: f64,
+    /// XGBoost tree method: hist, approx or exact.
+    #[arg(long, env = "CRA_TREE_METHOD", default_value = "hist")]
+    pub tree_method: String,
+    /// Stop when the validation log loss (on 20% of the training rows) has not improved for
+    /// this many rounds; off by default.
+    #[arg(long, env = "CRA_EARLY_STOPPING_ROUNDS")]
+    pub early_stopping_rounds: Option<u32>,
+    /// libxgboost threads; fixed by default so the same data and seed give the same model.
+    #[arg(long, env = "CRA_TRAIN_THREADS", default_value_t = 1)]
+    pub nthread: u32,
 }
 
 /// Where the decision log's PostgreSQL is. The password is never printed (not even by `--help`).

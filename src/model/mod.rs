@@ -2,7 +2,9 @@
 //! the bundle that carries them from trainer to server, and evaluation metrics.
 pub mod bundle;
 pub mod ensemble;
+pub mod metrics;
 pub mod preprocess;
+pub mod train;
 
 pub use bundle::{Decision, ModelBundle, RiskLevel, Thresholds};
 pub use preprocess::{FittedPreprocessor, PreprocessParams, NUM_FEATURES};
