@@ -96,23 +96,55 @@ pub const DERIVED: [&str; 2] = ["monthly_payment", "payment_to_income"];
 pub const LABEL: &str = "default";
 pub const TRUE_PD: &str = "true_pd";
 
+/// Serde for `f64` fields where NaN means "missing": NaN is written as JSON `null` and `null`
+/// reads back as NaN, so applications with absent bureau fields survive a JSON round trip.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_nan() {
+            s.serialize_none()
+        } else {
+            s.serialize_f64(*v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 /// One application: the original service's 17 inputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Application {
+    #[serde(with = "nan_as_null")]
     pub age: f64,
+    #[serde(with = "nan_as_null")]
     pub income: f64,
+    #[serde(with = "nan_as_null")]
     pub employment_length: f64,
+    #[serde(with = "nan_as_null")]
     pub credit_score: f64,
+    #[serde(with = "nan_as_null")]
     pub num_credit_lines: f64,
+    #[serde(with = "nan_as_null")]
     pub credit_utilization: f64,
+    #[serde(with = "nan_as_null")]
     pub debt_to_income: f64,
+    #[serde(with = "nan_as_null")]
     pub total_debt: f64,
+    #[serde(with = "nan_as_null")]
     pub savings: f64,
+    #[serde(with = "nan_as_null")]
     pub loan_amount: f64,
     /// Months.
+    #[serde(with = "nan_as_null")]
     pub loan_term: f64,
+    #[serde(with = "nan_as_null")]
     pub num_late_payments: f64,
+    #[serde(with = "nan_as_null")]
     pub num_bankruptcies: f64,
+    #[serde(with = "nan_as_null")]
     pub inquiries_last_6m: f64,
     pub employment_status: Option<EmploymentStatus>,
     pub home_ownership: Option<HomeOwnership>,
@@ -226,6 +258,17 @@ mod tests {
             assert_eq!(LoanPurpose::parse(v.as_str()), Some(*v));
         }
         assert_eq!(EmploymentStatus::parse("EMPLOYED"), None);
+    }
+
+    #[test]
+    fn missing_values_survive_json() {
+        let mut a = Application::example();
+        a.credit_score = f64::NAN;
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(json.contains("\"credit_score\":null"), "{json}");
+        let b: Application = serde_json::from_str(&json).unwrap();
+        assert!(b.credit_score.is_nan());
+        assert_eq!(b.age, a.age);
     }
 
     #[test]
