@@ -260,6 +260,7 @@ pub struct Writer {
     client: Client,
     copy_sql: String,
     insert_sql: String,
+    direct_copy_sql: String,
     types: Vec<Type>,
 }
 
@@ -276,6 +277,7 @@ impl Writer {
         Ok(Writer {
             client,
             copy_sql: format!("COPY cra_decisions_staging ({cols}) FROM STDIN (FORMAT binary)"),
+            direct_copy_sql: format!("COPY decisions ({cols}) FROM STDIN (FORMAT binary)"),
             insert_sql: format!(
                 "INSERT INTO decisions ({cols}) SELECT {cols} FROM cra_decisions_staging \
                  ON CONFLICT DO NOTHING"
@@ -299,6 +301,36 @@ impl Writer {
         tokio::time::timeout(timeout, self.write_inner(records))
             .await
             .map_err(|_| DbError::Timeout(timeout))?
+    }
+
+    /// Writes a batch of decisions never offered to PostgreSQL before: one binary COPY
+    /// straight into `decisions` (the fast path). If any of them is already stored, the batch
+    /// is written again through the idempotent path. Returns how many rows were new.
+    pub async fn write_new(
+        &mut self,
+        records: &[DecisionRecord],
+        timeout: Duration,
+    ) -> Result<u64> {
+        let direct = tokio::time::timeout(timeout, self.copy_direct(records))
+            .await
+            .map_err(|_| DbError::Timeout(timeout))?;
+        match direct {
+            Err(DbError::Postgres(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.write(records, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    async fn copy_direct(&mut self, records: &[DecisionRecord]) -> Result<u64> {
+        let sink = self.client.copy_in(&self.direct_copy_sql).await?;
+        let writer = BinaryCopyInWriter::new(sink, &self.types);
+        pin_mut!(writer);
+        for r in records {
+            let row = Row::new(r);
+            writer.as_mut().write(&row.params()).await?;
+        }
+        Ok(writer.finish().await?)
     }
 
     async fn write_inner(&mut self, records: &[DecisionRecord]) -> Result<u64> {

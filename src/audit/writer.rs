@@ -451,7 +451,7 @@ impl Shared {
                     }
                 }
                 if let Some(w) = conn.as_mut() {
-                    match w.write(&batch, self.cfg.write_timeout).await {
+                    match w.write_new(&batch, self.cfg.write_timeout).await {
                         Ok(n) => {
                             self.counters.written.fetch_add(n, Ordering::Relaxed);
                             return;
@@ -651,7 +651,7 @@ async fn replay(
         let started = Instant::now();
         let mut new_rows = 0;
         for chunk in contents.records.chunks(shared.cfg.batch_size) {
-            match w.write(chunk, shared.cfg.write_timeout).await {
+            match w.write_new(chunk, shared.cfg.write_timeout).await {
                 Ok(n) => new_rows += n,
                 Err(e) if !w.is_closed() && !matches!(e, DbError::Timeout(_)) => {
                     match shared.spool.quarantine_segment(seq) {
