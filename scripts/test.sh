@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command on a fresh machine: install what the tests need, then run them all:
-#   - buf lint of the contract;
+#   - buf lint of the contract; kubernetes-validate and hadolint on deploy/;
 #   - cargo test: unit tests, and integration tests that start the server in-process on port 0
 #     against the real PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/postgres;
 #     each test creates and drops its own database);
@@ -14,6 +14,11 @@ export PATH="$PWD/.tools/bin:$PATH"
 echo "== buf lint"
 buf lint
 echo "buf lint: clean"
+
+echo "== deployment files"
+.tools/venv/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+.tools/venv/bin/hadolint deploy/Dockerfile
+echo "deploy/k8s and deploy/Dockerfile: valid"
 
 echo "== cargo test"
 cargo test --locked --all-targets
