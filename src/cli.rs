@@ -56,6 +56,7 @@ fn train(args: &crate::config::TrainArgs) -> Result<()> {
         reg_lambda: args.reg_lambda,
         seed: args.seed,
         test_fraction: args.test_fraction,
+        split: args.split,
         tree_method: args.tree_method.clone(),
         early_stopping_rounds: args.early_stopping_rounds,
         nthread: args.nthread,

@@ -80,6 +80,11 @@ pub struct TrainArgs {
     /// Share of each class held out as the test set.
     #[arg(long, env = "CRA_TEST_FRACTION", default_value_t = 0.3)]
     pub test_fraction: f64,
+    /// How the test rows are chosen. `sklearn`: exactly scikit-learn's
+    /// `train_test_split(test_size, stratify=y, random_state=seed)`, so metrics compare row for
+    /// row with a scikit-learn pipeline (seed below 2^32). `native`: CRA's own ChaCha8 split.
+    #[arg(long, env = "CRA_SPLIT", value_enum, default_value_t = crate::model::split::SplitMethod::Sklearn)]
+    pub split: crate::model::split::SplitMethod,
     /// XGBoost tree method: hist, approx or exact.
     #[arg(long, env = "CRA_TREE_METHOD", default_value = "hist")]
     pub tree_method: String,

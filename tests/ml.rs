@@ -21,6 +21,7 @@ use cra::{
     },
     model::{
         bundle::{ModelBundle, BOOSTER_FILE, METRICS_FILE},
+        split::{sklearn_stratified_split, stratified_split, SplitMethod},
         train::{train, train_file, TrainParams, TrainedModel},
         NUM_FEATURES,
     },
@@ -355,6 +356,107 @@ fn committed_default_bundle_meets_the_headline_and_is_reproducible() {
         cra::model::bundle::sha256_hex(&model.booster_json),
         bundle.manifest.artifact_sha256
     );
+}
+
+// ---------------------------------------------------------------- sklearn split
+
+/// Indices scikit-learn's `train_test_split` gave, written once by `tests/fixtures/sklearn_split.py`.
+fn sklearn_fixture() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(repo("tests/fixtures/sklearn_split.json")).unwrap())
+        .unwrap()
+}
+
+fn indices(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as usize)
+        .collect()
+}
+
+/// Order-sensitive checksum, as in the fixture generator: sum((k + 1) * idx[k]) mod 2^64.
+fn checksum(idx: &[usize]) -> u64 {
+    idx.iter().enumerate().fold(0u64, |s, (k, &i)| {
+        s.wrapping_add((k as u64 + 1).wrapping_mul(i as u64))
+    })
+}
+
+#[test]
+fn sklearn_split_gives_scikit_learns_indices_in_its_order() {
+    let fixture = sklearn_fixture();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let test_size = case["test_size"].as_f64().unwrap();
+        let seed = case["seed"].as_u64().unwrap() as u32;
+        if case.get("labels").is_some() {
+            let labels: Vec<u8> = indices(&case["labels"]).iter().map(|&l| l as u8).collect();
+            let s = sklearn_stratified_split(&labels, test_size, seed).unwrap();
+            assert_eq!(s.train, indices(&case["train"]), "train, case {case}");
+            assert_eq!(s.test, indices(&case["test"]), "test, case {case}");
+        } else {
+            let f = &case["formula"];
+            let get = |k: &str| f[k].as_u64().unwrap();
+            let labels: Vec<u8> = (0..get("n"))
+                .map(|i| u8::from((i * get("mult") + get("add")) % get("modulus") < get("below")))
+                .collect();
+            let s = sklearn_stratified_split(&labels, test_size, seed).unwrap();
+            for (part, idx) in [("train", &s.train), ("test", &s.test)] {
+                assert_eq!(
+                    idx.len() as u64,
+                    case[format!("{part}_len")].as_u64().unwrap()
+                );
+                assert_eq!(
+                    idx[..20],
+                    indices(&case[format!("{part}_head")])[..],
+                    "{part} {f}"
+                );
+                assert_eq!(
+                    checksum(idx),
+                    case[format!("{part}_checksum")].as_u64().unwrap(),
+                    "{part} checksum, {f}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_trainer_tests_on_the_rows_scikit_learn_holds_out() {
+    let fixture = sklearn_fixture();
+    let c = &fixture["credit_data"];
+    let data = read_dataset(repo(c["data"].as_str().unwrap())).unwrap();
+    let s = stratified_split(
+        SplitMethod::Sklearn,
+        &data.labels,
+        c["test_size"].as_f64().unwrap(),
+        c["seed"].as_u64().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s.train, indices(&c["train"]));
+    assert_eq!(s.test, indices(&c["test"]));
+    // The trainer evaluates on those rows, in that order.
+    let model = quick_model(&data);
+    let expected: Vec<u8> = s.test.iter().map(|&i| data.labels[i]).collect();
+    assert_eq!(model.test_labels, expected);
+    assert_eq!(model.test_rows.len(), s.test.len());
+    // The native split is still selectable and holds out other rows.
+    let native = stratified_split(SplitMethod::Native, &data.labels, 0.3, 42).unwrap();
+    let mut sorted = s.test.clone();
+    sorted.sort_unstable();
+    assert_ne!(native.test, sorted);
+    let m = train(
+        &data,
+        "x",
+        &TrainParams {
+            split: SplitMethod::Native,
+            ..quick_params()
+        },
+    )
+    .unwrap();
+    let native_labels: Vec<u8> = native.test.iter().map(|&i| data.labels[i]).collect();
+    assert_eq!(m.test_labels, native_labels);
+    assert_eq!(m.manifest.hyperparameters["split"], "native");
 }
 
 // ---------------------------------------------------------------- reader: accepted shapes

@@ -1,6 +1,6 @@
-//! The trainer: a stratified, seeded train/test split, preprocessing fitted on the training rows,
-//! gradient boosting through libxgboost (`xgb`), test-set evaluation, and the model bundle
-//! (`booster.json`, `bundle.json`, `metrics.json`) that the server loads.
+//! The trainer: a stratified, seeded train/test split (`split.rs`), preprocessing fitted on the
+//! training rows, gradient boosting through libxgboost (`xgb`), test-set evaluation, and the
+//! model bundle (`booster.json`, `bundle.json`, `metrics.json`) that the server loads.
 
 use std::{
     collections::BTreeMap,
@@ -9,8 +9,6 @@ use std::{
 };
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::{seq::SliceRandom, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -21,6 +19,7 @@ use super::{
     },
     metrics::{auc_roc, Evaluation, MetricsError},
     preprocess::{FittedPreprocessor, PreprocessError, PreprocessParams, NUM_FEATURES},
+    split::{stratified_split, SplitError, SplitMethod},
 };
 use crate::data::{
     parquet::{read_dataset, DataError, Dataset},
@@ -37,12 +36,8 @@ pub enum TrainError {
     Data(#[from] DataError),
     #[error("invalid hyper-parameter: {0}")]
     Param(String),
-    #[error("cannot split {rows} rows with {positives} defaults into train and test sets: {why}")]
-    Split {
-        rows: usize,
-        positives: usize,
-        why: &'static str,
-    },
+    #[error("cannot split the rows into train and test sets: {0}")]
+    Split(#[from] SplitError),
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
     #[error("evaluating the model: {0}")]
@@ -79,6 +74,8 @@ pub struct TrainParams {
     pub seed: u64,
     /// Share of rows held out for testing, per class.
     pub test_fraction: f64,
+    /// How the test rows are chosen (scikit-learn's exact split by default).
+    pub split: SplitMethod,
     pub tree_method: String,
     /// Stop when validation log loss has not improved for this many rounds.
     pub early_stopping_rounds: Option<u32>,
@@ -102,6 +99,7 @@ impl Default for TrainParams {
             reg_lambda: 1.0,
             seed: 42,
             test_fraction: 0.3,
+            split: SplitMethod::default(),
             tree_method: "hist".into(),
             early_stopping_rounds: None,
             validation_fraction: 0.2,
@@ -139,6 +137,12 @@ impl TrainParams {
                 self.validation_fraction
             ));
         }
+        if self.split == SplitMethod::Sklearn && u32::try_from(self.seed).is_err() {
+            return bad(format!(
+                "seed must be below 2^32 with the sklearn split (numpy's RandomState), got {}",
+                self.seed
+            ));
+        }
         if !["hist", "approx", "exact"].contains(&self.tree_method.as_str()) {
             return bad(format!(
                 "tree_method must be hist, approx or exact, got {}",
@@ -165,6 +169,7 @@ impl TrainParams {
         m.insert("reg_lambda".into(), self.reg_lambda.to_string());
         m.insert("seed".into(), self.seed.to_string());
         m.insert("test_fraction".into(), self.test_fraction.to_string());
+        m.insert("split".into(), self.split.as_str().into());
         m.insert("tree_method".into(), self.tree_method.clone());
         m.insert("nthread".into(), self.nthread.to_string());
         if let Some(r) = self.early_stopping_rounds {
@@ -202,37 +207,6 @@ pub struct TrainMetrics {
     pub num_trees: usize,
 }
 
-/// A stratified split: row indices of each part, ascending.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    pub train: Vec<usize>,
-    pub test: Vec<usize>,
-}
-
-/// Holds out `round(fraction × class size)` rows of each class, chosen by a seeded shuffle.
-pub fn stratified_split(labels: &[u8], fraction: f64, seed: u64) -> Result<Split> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    let positives = labels.iter().filter(|&&l| l == 1).count();
-    for class in [0u8, 1] {
-        let mut idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
-        if idx.len() < 2 {
-            return Err(TrainError::Split {
-                rows: labels.len(),
-                positives,
-                why: "each class needs at least 2 rows",
-            });
-        }
-        idx.shuffle(&mut rng);
-        let k = ((idx.len() as f64 * fraction).round() as usize).clamp(1, idx.len() - 1);
-        test.extend_from_slice(&idx[..k]);
-        train.extend_from_slice(&idx[k..]);
-    }
-    train.sort_unstable();
-    test.sort_unstable();
-    Ok(Split { train, test })
-}
-
 fn pick<T: Clone>(v: &[T], idx: &[usize]) -> Vec<T> {
     idx.iter().map(|&i| v[i].clone()).collect()
 }
@@ -260,11 +234,21 @@ pub struct TrainedModel {
 /// Trains on `data`; `data_sha256` identifies the training file in the manifest.
 pub fn train(data: &Dataset, data_sha256: &str, params: &TrainParams) -> Result<TrainedModel> {
     params.validate()?;
-    let split = stratified_split(&data.labels, params.test_fraction, params.seed)?;
+    let split = stratified_split(
+        params.split,
+        &data.labels,
+        params.test_fraction,
+        params.seed,
+    )?;
     let (mut fit_idx, mut val_idx) = (split.train.clone(), Vec::new());
     if params.early_stopping_rounds.is_some() {
         let train_labels = pick(&data.labels, &split.train);
-        let inner = stratified_split(&train_labels, params.validation_fraction, params.seed)?;
+        let inner = stratified_split(
+            params.split,
+            &train_labels,
+            params.validation_fraction,
+            params.seed,
+        )?;
         fit_idx = pick(&split.train, &inner.train);
         val_idx = pick(&split.train, &inner.test);
     }
@@ -479,20 +463,6 @@ pub fn train_file(data: &Path, out: &Path, params: &TrainParams) -> Result<Train
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_is_stratified_seeded_and_disjoint() {
-        let labels: Vec<u8> = (0..100).map(|i| u8::from(i % 10 < 3)).collect();
-        let s = stratified_split(&labels, 0.3, 1).unwrap();
-        assert_eq!(s.test.len(), 30);
-        assert_eq!(s.test.iter().filter(|&&i| labels[i] == 1).count(), 9);
-        assert_eq!(s, stratified_split(&labels, 0.3, 1).unwrap());
-        assert_ne!(s, stratified_split(&labels, 0.3, 2).unwrap());
-        let mut all: Vec<usize> = s.train.iter().chain(&s.test).copied().collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert!(stratified_split(&[0, 0, 0, 1], 0.3, 1).is_err());
-    }
 
     #[test]
     fn bad_hyper_parameters_are_named() {
