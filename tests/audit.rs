@@ -638,6 +638,53 @@ async fn full_spool_without_database_refuses_with_unavailable_and_loses_nothing(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_many_takes_all_or_none() {
+    let db = TestDb::new();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(db.url(), spool.path());
+    cfg.queue_capacity = 8; // a 50-record chunk never fits: it goes to the spool whole
+    let log = AuditLog::start(cfg).await.unwrap();
+    let chunks: Vec<Vec<DecisionRecord>> = (0..20)
+        .map(|c| (0..50).map(|i| sample(c * 50 + i)).collect())
+        .collect();
+    for chunk in &chunks {
+        log.record_many(chunk.clone()).unwrap();
+    }
+    let small: Vec<_> = (5000..5005).map(sample).collect();
+    log.record_many(small.clone()).unwrap();
+    let n = 20 * 50 + 5;
+    assert_eq!(db.wait_for_rows(n, Duration::from_secs(30)).await, (n, n));
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.accepted, n as u64);
+    assert!(st.overflowed >= 50, "{st:?}");
+    let mut all: Vec<_> = chunks.into_iter().flatten().collect();
+    all.extend(small);
+    assert_stored_exactly(&db, &all).await;
+
+    // Without a database and with a full spool, a chunk is refused whole.
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(dead_url(&db).await, spool.path());
+    cfg.spool_max_bytes = 64 * 1024;
+    cfg.queue_capacity = 8;
+    let log = AuditLog::start(cfg).await.unwrap();
+    let mut refused = false;
+    for c in 0..1000 {
+        let chunk: Vec<_> = (0..50).map(|i| sample(c * 50 + i)).collect();
+        if log.record_many(chunk).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.refused % 50, 0, "{st:?}");
+    assert_eq!(st.accepted % 50, 0, "{st:?}");
+    assert_eq!(st.lost, 0, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_database_fails_start_when_unreachable() {
     let db = TestDb::new();
     let spool = tempfile::tempdir().unwrap();

@@ -3,10 +3,12 @@
 //! - [`record`]: [`DecisionRecord`], what the server builds for each decision;
 //! - [`writer`]: [`AuditLog`], the non-blocking, batched writer with its spool fallback;
 //! - [`spool`]: the checksummed on-disk segments used while PostgreSQL is down or slow;
+//! - [`recorder`]: the `AuditLog` as the server's `DecisionRecorder`;
 //! - [`db`]: connecting, migrations (`migrations/`), partitions, the idempotent COPY path.
 
 pub mod db;
 pub mod record;
+pub mod recorder;
 pub mod spool;
 pub mod writer;
 

@@ -311,6 +311,49 @@ impl AuditLog {
         }
     }
 
+    /// Records several decisions, all or none: into the queue if it has room for all of them,
+    /// else into the spool in one append. `Unavailable` means none was recorded.
+    pub fn record_many(&self, recs: Vec<DecisionRecord>) -> Result<(), AuditError> {
+        let Some(run) = &self.inner else {
+            return Ok(());
+        };
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let s = &run.shared;
+        let n = recs.len() as u64;
+        let direct = s.refusing.load(Ordering::Relaxed);
+        if !direct {
+            if let Ok(permits) = run.tx.try_reserve_many(recs.len()) {
+                for (permit, r) in permits.zip(recs) {
+                    permit.send(r);
+                }
+                s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        match s.spool.append(&recs, s.soft_limit, false) {
+            Ok(()) => {
+                if direct || s.spool_broken.load(Ordering::Relaxed) {
+                    s.spool_broken.store(false, Ordering::Relaxed);
+                    s.refresh();
+                }
+                s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+                s.counters.overflowed.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                s.spool_broken.store(true, Ordering::Relaxed);
+                s.refresh();
+                s.counters.refused.fetch_add(n, Ordering::Relaxed);
+                Err(AuditError::Unavailable(format!(
+                    "the decision log's queue is full or PostgreSQL is down, and the \
+                     spool refused {n} records: {e}"
+                )))
+            }
+        }
+    }
+
     /// The current status (readiness: `accepting`).
     pub fn status(&self) -> AuditStatus {
         match &self.inner {
