@@ -288,7 +288,8 @@ mod tests {
         let g: FittedPreprocessor = serde_json::from_str(&json).unwrap();
         assert_eq!(f, g);
         let x = f.transform(&rows);
-        assert_eq!(x, g.transform(&rows));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&x), bits(&g.transform(&rows)), "same features, NaN for NaN");
         for (row, feats) in rows.iter().zip(x.chunks_exact(NUM_FEATURES)) {
             let (num, cats) = f.inverse(feats);
             for (got, want) in num[..14].iter().zip(row.numerics()) {
