@@ -215,10 +215,14 @@ pub struct ServeConfig {
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the process exits.
     #[arg(long, env = "CRA_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: std::time::Duration,
+    /// The decision log (PostgreSQL, spool).
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 impl ServeConfig {
-    /// The defaults of `cra serve`, listening on `listen` (tests use 127.0.0.1:0).
+    /// The defaults of `cra serve`, listening on `listen` (tests use 127.0.0.1:0), with the
+    /// decision log off: a test that records decisions sets `audit` itself.
     pub fn with_listen(listen: std::net::SocketAddr) -> Self {
         #[derive(Parser)]
         struct Defaults {
@@ -229,6 +233,7 @@ impl ServeConfig {
             .map(|d| d.serve)
             .expect("every ServeConfig flag has a default");
         cfg.listen = listen;
+        cfg.audit.audit = AuditMode::Off;
         cfg
     }
 }

@@ -101,7 +101,10 @@ pub fn to_record(r: &srv::DecisionRecord<'_>) -> DecisionRecord {
     DecisionRecord {
         decision_id: r.decision_id,
         request_id: r.request_id.to_owned(),
-        application_id: r.input.application_id.clone(),
+        application_id: r
+            .input
+            .map(|a| a.application_id.clone())
+            .unwrap_or_default(),
         rpc,
         stream_id,
         stream_position,
@@ -111,7 +114,7 @@ pub fn to_record(r: &srv::DecisionRecord<'_>) -> DecisionRecord {
         client_id: None,
         model_version: r.model.version().to_owned(),
         model_sha256: r.model.manifest.artifact_sha256.clone(),
-        inputs: recorded_inputs(r.input),
+        inputs: r.input.map(recorded_inputs).unwrap_or_default(),
         outcome,
         latency_us: i64::try_from(r.latency.as_micros()).unwrap_or(i64::MAX),
     }

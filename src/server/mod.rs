@@ -388,7 +388,11 @@ pub fn worker_threads(configured: Option<usize>) -> usize {
     })
 }
 
-/// `cra serve`: builds the runtime, serves until SIGINT/SIGTERM, drains, exits.
+/// The readiness condition that follows the decision log ("decisions can be recorded").
+pub const DECISION_LOG_CONDITION: &str = "decision-log";
+
+/// `cra serve`: builds the runtime, starts the decision log, serves until SIGINT/SIGTERM,
+/// drains, flushes the decision log (to PostgreSQL or the spool), exits.
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let threads = worker_threads(config.worker_threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -397,9 +401,39 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     tracing::info!(worker_threads = threads, model = %config.model.display(), "starting cra serve");
-    runtime.block_on(async move {
-        let server = ServerBuilder::new(config).bind().await?;
-        server.run_until(shutdown_signal()).await
-    })?;
-    Ok(())
+    runtime.block_on(serve_until(config, shutdown_signal()))
+}
+
+/// Runs `cra serve` on the current runtime until `signal`: the decision log of
+/// `config.audit` as the recorder (none with `--audit off`), readiness following it; after
+/// the drain, every accepted decision is flushed before this returns.
+pub async fn serve_until(
+    config: ServeConfig,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let audit = crate::audit::AuditLog::from_args(&config.audit)
+        .await
+        .context("starting the decision log (see --database-url, --spool-dir, --audit)")?;
+    let mut builder = ServerBuilder::new(config);
+    if audit.is_enabled() {
+        builder = builder.recorder(Arc::new(audit.clone()));
+    }
+    let served = match builder.bind().await {
+        Ok(server) => {
+            let follower = crate::audit::recorder::follow_readiness(
+                &audit,
+                server.readiness(),
+                DECISION_LOG_CONDITION,
+            );
+            let res = server.run_until(signal).await;
+            if let Some(f) = follower {
+                f.abort();
+            }
+            res
+        }
+        Err(e) => Err(e),
+    };
+    // In-flight calls have finished (or the grace period ran out): flush what they recorded.
+    audit.shutdown().await;
+    Ok(served?)
 }

@@ -50,8 +50,8 @@ pub struct DecisionRecord<'a> {
     /// Server time spent on the item (for a stream: on its chunk).
     pub latency: Duration,
     pub model: &'a ModelBundle,
-    /// The application exactly as received.
-    pub input: &'a pb::CreditApplication,
+    /// The application exactly as received; `None` when the request had none.
+    pub input: Option<&'a pb::CreditApplication>,
     pub outcome: Outcome<'a>,
 }
 

@@ -159,7 +159,26 @@ impl CreditRiskService for CreditRisk {
         let timeout = grpc_timeout(request.metadata());
         let peer = request.remote_addr();
         let Some(input) = request.into_inner().application else {
-            return Err(ServeError::missing_application().into());
+            let err = ServeError::missing_application();
+            if let (Some(recorder), ServeError::InvalidArgument(violations)) =
+                (&state.recorder, &err)
+            {
+                recorder
+                    .record(&DecisionRecord {
+                        decision_id: state.decision_id(),
+                        request_id: &request_id,
+                        rpc: Rpc::Unary,
+                        peer,
+                        received_at,
+                        decided_at: SystemTime::now(),
+                        latency: started.elapsed(),
+                        model,
+                        input: None,
+                        outcome: Outcome::Invalid { violations },
+                    })
+                    .map_err(ServeError::from)?;
+            }
+            return Err(err.into());
         };
         let validated = validate::validate(&input);
         let validated_at = Instant::now();
@@ -187,7 +206,7 @@ impl CreditRiskService for CreditRisk {
                     decided_at: SystemTime::now(),
                     latency: started.elapsed(),
                     model,
-                    input: &input,
+                    input: Some(&input),
                     outcome,
                 })
                 .map_err(ServeError::from)?;
@@ -388,7 +407,7 @@ impl StreamJob {
                             decided_at,
                             latency,
                             model: &self.model,
-                            input,
+                            input: Some(input),
                             outcome: match slot {
                                 Slot::Valid(j) => Outcome::Scored {
                                     application: &apps[*j],
