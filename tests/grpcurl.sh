@@ -22,6 +22,9 @@ if ! [ -x "$GRPCURL" ]; then
   exit 0
 fi
 [ -x "$CRA" ] || { echo "grpcurl.sh: $CRA not built (cargo build)" >&2; exit 1; }
+# Outside cargo, the binary must be told where libxgboost (built by the xgb crate) lives.
+libxgb=$(ls -t "$(dirname "$CRA")"/build/xgboost_lib-sys-*/out/lib/libxgboost.so* 2>/dev/null | head -1 || true)
+[ -n "$libxgb" ] && export LD_LIBRARY_PATH="$(dirname "$libxgb")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ADDR=127.0.0.1:$PORT
