@@ -1,0 +1,857 @@
+//! The decision log wired into the server, against the real PostgreSQL (default
+//! `postgres://postgres@127.0.0.1:5432`; override with `CRA_TEST_PG`, or `DATABASE_URL` whose
+//! database name is ignored). Each test creates its own database and drops it at the end.
+//! Counting and outage run the server in-process; crash (SIGKILL) and SIGTERM run the real
+//! `cra` binary.
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use cra::{
+    audit::{db, recorder::follow_readiness, AuditConfig, AuditLog, DatabaseUrl},
+    bench::random_applications,
+    contract::pb::{
+        self, batch_result::Result as Item, credit_risk_service_client::CreditRiskServiceClient,
+        ScoreBatchRequest, ScoreRequest,
+    },
+    server::DECISION_LOG_CONDITION,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+use crate::helpers::{config, spawn_app_with, TestApp};
+
+/// `postgres://user@host:port` of the test server.
+fn pg_base() -> String {
+    if let Ok(b) = std::env::var("CRA_TEST_PG") {
+        return b.trim_end_matches('/').to_owned();
+    }
+    if let Ok(u) = std::env::var("DATABASE_URL") {
+        if let Some((scheme, rest)) = u.split_once("://") {
+            let server = rest.split('/').next().unwrap_or(rest);
+            return format!("{scheme}://{server}");
+        }
+    }
+    "postgres://postgres@127.0.0.1:5432".into()
+}
+
+/// `host:port` of the test server.
+fn pg_hostport() -> String {
+    let base = pg_base();
+    let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
+    rest.rsplit('@').next().unwrap_or(rest).to_owned()
+}
+
+/// A database of its own for one test, dropped (with its connections) when the guard goes.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let db = TestDb {
+            name: format!("cra_api_test_{}", Uuid::new_v4().simple()),
+        };
+        let _ = db.client().await; // connecting creates the database
+        db
+    }
+
+    fn url(&self) -> DatabaseUrl {
+        format!("{}/{}", pg_base(), self.name).parse().unwrap()
+    }
+
+    /// The URL of this database through another address (a proxy).
+    fn url_via(&self, addr: SocketAddr) -> DatabaseUrl {
+        format!("{}/{}", pg_base(), self.name)
+            .replacen(&pg_hostport(), &addr.to_string(), 1)
+            .parse()
+            .unwrap()
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        db::connect(&self.url(), Duration::from_secs(5))
+            .await
+            .expect("PostgreSQL for the tests (see CRA_TEST_PG)")
+    }
+
+    /// (rows, distinct decision ids); (0, 0) while the table does not exist.
+    async fn counts(&self) -> (i64, i64) {
+        let c = self.client().await;
+        match c
+            .query_one(
+                "SELECT count(*), count(DISTINCT decision_id) FROM decisions",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => (row.get(0), row.get(1)),
+            Err(_) => (0, 0),
+        }
+    }
+
+    /// How many times each of `ids` is stored.
+    async fn occurrences(&self, ids: &[Uuid]) -> HashMap<Uuid, i64> {
+        let c = self.client().await;
+        let rows = c
+            .query(
+                "SELECT decision_id, count(*) FROM decisions WHERE decision_id = ANY($1) \
+                 GROUP BY decision_id",
+                &[&ids],
+            )
+            .await
+            .unwrap_or_default();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+
+    /// Waits (bounded) until every id is stored, then asserts each is stored exactly once and
+    /// that no decision is stored twice.
+    async fn assert_each_once(&self, ids: &[Uuid], within: Duration) {
+        let deadline = Instant::now() + within;
+        let found = loop {
+            let found = self.occurrences(ids).await;
+            if found.len() == ids.len() || Instant::now() > deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let missing: Vec<_> = ids.iter().filter(|id| !found.contains_key(id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} decisions the clients received are missing, e.g. {:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(3)]
+        );
+        assert!(
+            found.values().all(|n| *n == 1),
+            "a decision is stored twice"
+        );
+        let (rows, distinct) = self.counts().await;
+        assert_eq!(rows, distinct, "no decision may be stored twice");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs async I/O; do it on a runtime of its own, off any test runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let url: DatabaseUrl = format!("{}/postgres", pg_base()).parse().unwrap();
+                if let Ok(c) = db::connect(&url, Duration::from_secs(5)).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A TCP proxy to PostgreSQL that the test can cut (dropping every connection and refusing
+/// new ones) and restore.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(up: bool) -> Proxy {
+        let target = tokio::net::lookup_host(pg_hostport())
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(up));
+        let (cut, cut_rx) = watch::channel(0u64);
+        let up2 = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                cut_rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, cut }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The in-process server with a decision log writing to `url`, readiness following the log.
+async fn spawn_audited(url: DatabaseUrl, spool: &Path) -> (TestApp, AuditLog) {
+    let mut cfg = AuditConfig::new(url, spool.to_owned());
+    cfg.flush_interval = Duration::from_millis(20);
+    cfg.connect_timeout = Duration::from_secs(1);
+    cfg.write_timeout = Duration::from_secs(2);
+    cfg.retry_interval = Duration::from_millis(200);
+    cfg.batch_size = 500;
+    let audit = AuditLog::start(cfg).await.expect("decision log starts");
+    let recorder = audit.clone();
+    let app = spawn_app_with(config(), move |b| b.recorder(Arc::new(recorder))).await;
+    follow_readiness(&audit, app.handle.readiness(), DECISION_LOG_CONDITION);
+    app.wait_ready().await;
+    (app, audit)
+}
+
+/// What a client received for one application.
+#[derive(Debug, Clone)]
+enum Received {
+    Scored(pb::RiskScore),
+    /// Rejected: the application id sent and the fields the error named.
+    Invalid {
+        application_id: String,
+        fields: Vec<String>,
+    },
+}
+
+fn invalid_app(i: usize, app: &mut pb::CreditApplication) {
+    match i % 3 {
+        0 => app.age = 7,
+        1 => {
+            app.income = f64::NAN;
+            app.loan_term = 0;
+        }
+        _ => app.loan_purpose = 77,
+    }
+}
+
+fn risk_level_name(v: i32) -> String {
+    pb::RiskLevel::try_from(v)
+        .map(|l| {
+            l.as_str_name()
+                .trim_start_matches("RISK_LEVEL_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+async fn stream_all(
+    client: &mut CreditRiskServiceClient<Channel>,
+    messages: Vec<ScoreBatchRequest>,
+) -> Result<Vec<pb::BatchResult>, tonic::Status> {
+    let mut inbound = client
+        .score_batch(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = inbound.message().await? {
+        out.extend(m.results);
+    }
+    Ok(out)
+}
+
+fn received_item(r: pb::BatchResult) -> Received {
+    match r.result.expect("every item has a result") {
+        Item::Score(s) => Received::Scored(s),
+        Item::Error(e) => Received::Invalid {
+            application_id: r.application_id,
+            fields: e.field_violations.into_iter().map(|v| v.field).collect(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_and_stream_items_give_exactly_one_row_each_with_what_the_client_got() {
+    let db = TestDb::new().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (mut app, audit) = spawn_audited(db.url(), spool.path()).await;
+    let model_version = app.bundle.version().to_owned();
+
+    let mut received = Vec::new();
+    // N unary calls: every 4th invalid, plus one request without an application.
+    let n_unary = 40;
+    for (i, mut a) in random_applications(n_unary - 1, 21).into_iter().enumerate() {
+        a.application_id = format!("unary-{i}");
+        if i % 4 == 3 {
+            invalid_app(i, &mut a);
+        }
+        let mut req = tonic::Request::new(ScoreRequest {
+            application: Some(a.clone()),
+        });
+        req.metadata_mut()
+            .insert("x-request-id", format!("req-{i}").parse().unwrap());
+        match app.client.score(req).await {
+            Ok(r) => {
+                let s = r.into_inner().score.unwrap();
+                assert_eq!(s.request_id, format!("req-{i}"));
+                received.push(Received::Scored(s));
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+                assert_eq!(i % 4, 3, "only the invalid ones are rejected");
+                let fields = status
+                    .get_details_bad_request()
+                    .expect("BadRequest details")
+                    .field_violations
+                    .into_iter()
+                    .map(|v| v.field)
+                    .collect();
+                received.push(Received::Invalid {
+                    application_id: a.application_id,
+                    fields,
+                });
+            }
+        }
+    }
+    let status = app
+        .client
+        .score(ScoreRequest { application: None })
+        .await
+        .expect_err("no application");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    received.push(Received::Invalid {
+        application_id: String::new(),
+        fields: vec!["application".into()],
+    });
+
+    // M stream items in messages of 1 to 60, every 13th invalid.
+    let m_stream = 700;
+    let mut apps = random_applications(m_stream, 22);
+    for (i, a) in apps.iter_mut().enumerate() {
+        a.application_id = format!("stream-{i}");
+        if i % 13 == 5 {
+            invalid_app(i, a);
+        }
+    }
+    let mut messages = Vec::new();
+    let mut rest = apps.as_slice();
+    let mut size = 1;
+    while !rest.is_empty() {
+        let take = size.min(rest.len());
+        messages.push(ScoreBatchRequest {
+            applications: rest[..take].to_vec(),
+        });
+        rest = &rest[take..];
+        size = size % 60 + 7;
+    }
+    let results = stream_all(&mut app.client, messages).await.unwrap();
+    assert_eq!(results.len(), m_stream);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.position, i as u64);
+    }
+    received.extend(results.into_iter().map(received_item));
+    assert_eq!(received.len(), n_unary + m_stream);
+
+    // Stop as `cra serve` does: drain the server, then flush the log.
+    let TestApp { handle, .. } = app;
+    handle.shutdown().await.unwrap();
+    audit.shutdown().await;
+    assert_eq!(audit.stats().lost, 0);
+
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT decision_id, application_id, outcome, probability_default, risk_score, \
+             risk_level, prediction, margin, request_id, model_version, rpc, violations \
+             FROM decisions",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n_unary + m_stream, "exactly N+M rows");
+    let by_id: HashMap<Uuid, &tokio_postgres::Row> =
+        rows.iter().map(|r| (r.get::<_, Uuid>(0), r)).collect();
+    assert_eq!(by_id.len(), rows.len(), "distinct decision ids");
+    let mut by_app: HashMap<String, Vec<&tokio_postgres::Row>> = HashMap::new();
+    for r in &rows {
+        by_app.entry(r.get(1)).or_default().push(r);
+    }
+    let mut unary_rows = 0;
+    for rec in &received {
+        match rec {
+            Received::Scored(s) => {
+                let id: Uuid = s.decision_id.parse().expect("decision_id is a UUID");
+                assert_eq!(id.get_version_num(), 7);
+                let row = by_id.get(&id).expect("the client's decision is stored");
+                let ctx = &s.application_id;
+                assert_eq!(row.get::<_, String>(1), s.application_id);
+                assert_eq!(row.get::<_, String>(2), "ok", "{ctx}");
+                assert_eq!(
+                    row.get::<_, Option<f64>>(3),
+                    Some(s.probability_default),
+                    "{ctx}"
+                );
+                assert_eq!(row.get::<_, Option<f64>>(4), Some(s.risk_score), "{ctx}");
+                assert_eq!(
+                    row.get::<_, Option<String>>(5),
+                    Some(risk_level_name(s.risk_level)),
+                    "{ctx}"
+                );
+                assert_eq!(
+                    row.get::<_, Option<i16>>(6),
+                    Some(s.prediction as i16),
+                    "{ctx}"
+                );
+                assert_eq!(row.get::<_, Option<f64>>(7), Some(s.margin), "{ctx}");
+                assert_eq!(row.get::<_, String>(8), s.request_id, "{ctx}");
+                assert_eq!(row.get::<_, String>(9), model_version, "{ctx}");
+                let rpc: String = row.get(10);
+                assert_eq!(
+                    rpc,
+                    if ctx.starts_with("unary") {
+                        "unary"
+                    } else {
+                        "stream"
+                    }
+                );
+                unary_rows += usize::from(rpc == "unary");
+            }
+            Received::Invalid {
+                application_id,
+                fields,
+            } => {
+                let rows = &by_app[application_id];
+                assert_eq!(rows.len(), 1, "{application_id}: one row");
+                let row = rows[0];
+                assert_eq!(row.get::<_, String>(2), "invalid", "{application_id}");
+                assert_eq!(row.get::<_, Option<f64>>(3), None, "{application_id}");
+                let v: serde_json::Value = row.get(11);
+                let stored: Vec<String> = v
+                    .as_array()
+                    .expect("violations array")
+                    .iter()
+                    .map(|x| x["field"].as_str().unwrap().to_owned())
+                    .collect();
+                assert_eq!(&stored, fields, "{application_id}");
+                let rpc: String = row.get(10);
+                unary_rows += usize::from(rpc == "unary");
+            }
+        }
+    }
+    assert_eq!(unary_rows, n_unary);
+}
+
+/// Client load for the outage and SIGTERM tests: unary loops and repeated short streams,
+/// collecting the decision ids of every score received, until `stop` or the first error.
+struct Load {
+    ids: Arc<Mutex<Vec<Uuid>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    scored: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(channel: Channel, unary_tasks: usize, stream_tasks: usize) -> Load {
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let scored = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        let pool = Arc::new(random_applications(2_000, 5));
+        for t in 0..unary_tasks + stream_tasks {
+            let (ids, errors, scored, stop, pool) = (
+                ids.clone(),
+                errors.clone(),
+                scored.clone(),
+                stop.clone(),
+                pool.clone(),
+            );
+            let mut client = CreditRiskServiceClient::new(channel.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut k = t * 7;
+                while !stop.load(Ordering::SeqCst) {
+                    let got: Result<Vec<String>, tonic::Status> = if t < unary_tasks {
+                        let app = pool[k % pool.len()].clone();
+                        client
+                            .score(ScoreRequest {
+                                application: Some(app),
+                            })
+                            .await
+                            .map(|r| vec![r.into_inner().score.unwrap().decision_id])
+                    } else {
+                        let apps: Vec<_> = (0..200)
+                            .map(|j| pool[(k + j) % pool.len()].clone())
+                            .collect();
+                        let msgs = apps
+                            .chunks(50)
+                            .map(|c| ScoreBatchRequest {
+                                applications: c.to_vec(),
+                            })
+                            .collect();
+                        stream_all(&mut client, msgs).await.and_then(|rs| {
+                            rs.into_iter()
+                                .map(|r| match r.result {
+                                    Some(Item::Score(s)) => Ok(s.decision_id),
+                                    other => Err(tonic::Status::internal(format!("{other:?}"))),
+                                })
+                                .collect()
+                        })
+                    };
+                    k += 1;
+                    match got {
+                        Ok(got) => {
+                            scored.fetch_add(got.len() as u64, Ordering::Relaxed);
+                            ids.lock()
+                                .unwrap()
+                                .extend(got.iter().map(|d| d.parse::<Uuid>().unwrap()));
+                        }
+                        Err(s) => {
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("{:?}: {}", s.code(), s.message()));
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        Load {
+            ids,
+            errors,
+            scored,
+            stop,
+            tasks,
+        }
+    }
+
+    fn scored(&self) -> u64 {
+        self.scored.load(Ordering::Relaxed)
+    }
+
+    /// Stops the clients; returns the decision ids received and the errors seen.
+    async fn finish(self) -> (Vec<Uuid>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let ids = std::mem::take(&mut *self.ids.lock().unwrap());
+        let errors = std::mem::take(&mut *self.errors.lock().unwrap());
+        (ids, errors)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_load_loses_and_duplicates_nothing() {
+    let db = TestDb::new().await;
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(true).await;
+    let (app, audit) = spawn_audited(db.url_via(proxy.addr), spool.path()).await;
+    assert!(audit.status().database_up);
+
+    let load = Load::start(app.channel.clone(), 4, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while audit.status().database_up {
+        assert!(Instant::now() < deadline, "the outage was never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_outage = load.scored();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let during = load.scored() - at_outage;
+    assert!(
+        during > 0,
+        "scoring continues while PostgreSQL is unreachable"
+    );
+    assert!(app.handle.readiness().is_ready().await, "still ready");
+    assert!(audit.stats().spooled > 0, "{:?}", audit.stats());
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !audit.status().database_up {
+        assert!(Instant::now() < deadline, "PostgreSQL never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ids, errors) = load.finish().await;
+    assert!(errors.is_empty(), "no call failed: {errors:?}");
+    assert!(ids.len() > 100, "load ran: {}", ids.len());
+    eprintln!(
+        "outage test: {} decisions, {during} during the outage, stats {:?}",
+        ids.len(),
+        audit.stats()
+    );
+    // The spool is replayed while the server keeps running.
+    db.assert_each_once(&ids, Duration::from_secs(30)).await;
+    let TestApp { handle, .. } = app;
+    handle.shutdown().await.unwrap();
+    audit.shutdown().await;
+    assert_eq!(audit.stats().lost, 0);
+    let (rows, _) = db.counts().await;
+    assert_eq!(
+        rows as usize,
+        ids.len(),
+        "no decision beyond those answered"
+    );
+}
+
+/// The real `cra serve` binary, on a free port, its log in `log`.
+struct CraProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl CraProcess {
+    fn spawn(database_url: &str, spool: &Path, log: PathBuf) -> CraProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        let child = Command::new(env!("CARGO_BIN_EXE_cra"))
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .arg("--model")
+            .arg(&model)
+            .arg("--spool-dir")
+            .arg(spool)
+            .args(["--database-url", database_url])
+            .args(["--audit-flush-interval-ms", "20"])
+            .env("RUST_LOG", "info")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cra serve starts");
+        CraProcess { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until readiness is SERVING and returns a channel to it.
+    async fn ready(&mut self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("cra serve exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cra serve never became ready:\n{}",
+                self.log()
+            );
+            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let serving = HealthClient::new(ch.clone())
+                    .check(HealthCheckRequest {
+                        service: cra::server::SERVICE_NAME.into(),
+                    })
+                    .await
+                    .is_ok_and(|r| {
+                        r.into_inner().status
+                            == tonic_health::pb::health_check_response::ServingStatus::Serving
+                                as i32
+                    });
+                if serving {
+                    return ch;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cra serve did not exit:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for CraProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The decision ids found in the spool's segment files.
+fn spooled_ids(dir: &Path) -> HashSet<Uuid> {
+    let mut ids = HashSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "spool") {
+            let data = std::fs::read(&p).unwrap();
+            ids.extend(
+                cra::audit::spool::decode_segment(&data)
+                    .records
+                    .iter()
+                    .map(|r| r.decision_id),
+            );
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_decisions_spooled_then_restart_stores_each_exactly_once() {
+    let db = TestDb::new().await;
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let proxy = Proxy::start(false).await; // PostgreSQL unreachable: decisions are spooled
+
+    let mut first = CraProcess::spawn(
+        &db.url_via(proxy.addr).to_string(),
+        &spool,
+        work.path().join("first.log"),
+    );
+    let channel = first.ready().await;
+    let mut client = CreditRiskServiceClient::new(channel);
+    let mut ids = Vec::new();
+    for (i, a) in random_applications(200, 31).into_iter().enumerate() {
+        let s = client
+            .score(ScoreRequest {
+                application: Some(a),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("unary {i}: {e:?}"))
+            .into_inner()
+            .score
+            .unwrap();
+        ids.push(s.decision_id.parse::<Uuid>().unwrap());
+    }
+    let msgs = random_applications(3_000, 32)
+        .chunks(250)
+        .map(|c| ScoreBatchRequest {
+            applications: c.to_vec(),
+        })
+        .collect();
+    for r in stream_all(&mut client, msgs).await.unwrap() {
+        match r.result {
+            Some(Item::Score(s)) => ids.push(s.decision_id.parse().unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The records reach the spool one flush interval after the answers (the window documented
+    // in docs/DECISION_LOG.md); kill once every decision the client received is spooled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted: HashSet<Uuid> = ids.iter().copied().collect();
+    loop {
+        let spooled = spooled_ids(&spool);
+        if wanted.is_subset(&spooled) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} decisions spooled after 10 s:\n{}",
+            wanted.intersection(&spooled).count(),
+            wanted.len(),
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.child.kill().unwrap(); // SIGKILL
+    let status = first.child.wait().unwrap();
+    assert!(!status.success(), "killed: {status}");
+    assert_eq!(
+        db.counts().await,
+        (0, 0),
+        "nothing reached PostgreSQL before"
+    );
+
+    // Restart against the reachable database: the spool is replayed at start-up.
+    let mut second = CraProcess::spawn(
+        &db.url().to_string(),
+        &spool,
+        work.path().join("second.log"),
+    );
+    let _ = second.ready().await;
+    db.assert_each_once(&ids, Duration::from_secs(30)).await;
+    let (rows, _) = db.counts().await;
+    assert_eq!(rows as usize, ids.len(), "{}", second.log());
+    Command::new("kill")
+        .args(["-TERM", &second.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(second.wait_exit(Duration::from_secs(30)).await.success());
+    assert!(
+        spooled_ids(&spool).is_empty(),
+        "the replayed spool is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_keeps_every_decision_a_client_received() {
+    let db = TestDb::new().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut cra = CraProcess::spawn(
+        &db.url().to_string(),
+        &work.path().join("spool"),
+        work.path().join("serve.log"),
+    );
+    let channel = cra.ready().await;
+    let load = Load::start(channel, 4, 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(load.scored() > 0, "load is running");
+    Command::new("kill")
+        .args(["-TERM", &cra.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = cra.wait_exit(Duration::from_secs(40)).await;
+    assert!(status.success(), "{status}:\n{}", cra.log());
+    let (ids, errors) = load.finish().await;
+    eprintln!(
+        "SIGTERM test: {} decisions received; client errors after SIGTERM: {:?}",
+        ids.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert!(ids.len() > 100, "load ran: {}", ids.len());
+    // The process has exited: whatever it recorded is already in PostgreSQL or the spool.
+    let log = cra.log();
+    assert!(log.contains("decision log stopped"), "{log}");
+    db.assert_each_once(&ids, Duration::from_secs(5)).await;
+}
