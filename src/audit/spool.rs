@@ -8,7 +8,7 @@
 //! are committed to PostgreSQL. A torn or corrupt frame ends the reading of its segment with a
 //! warning. One spool directory belongs to one process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -66,6 +66,11 @@ struct Inner {
     next_seq: u64,
     /// Sealed segments by sequence number, with their size.
     sealed: BTreeMap<u64, u64>,
+    /// Journaled records per segment still on their way to PostgreSQL (see [`Spool::journal`]).
+    pending: HashMap<u64, u64>,
+    /// Segments holding records that may not be in PostgreSQL: they must be replayed. Segments
+    /// that are neither pending nor dirty hold only committed records and are just deleted.
+    dirty: BTreeSet<u64>,
 }
 
 /// The spool of one process. Appends are synchronous, short, and safe from any thread.
@@ -173,12 +178,16 @@ impl Spool {
             sealed.insert(seq, len);
         }
         let next_seq = sealed.keys().next_back().map_or(1, |s| s + 1);
+        // Whatever an earlier run left behind is replayed (idempotently).
+        let dirty = sealed.keys().copied().collect();
         Ok(Spool {
             cfg,
             inner: Mutex::new(Inner {
                 active: None,
                 next_seq,
                 sealed,
+                pending: HashMap::new(),
+                dirty,
             }),
             bytes: AtomicU64::new(total),
         })
@@ -220,10 +229,56 @@ impl Spool {
         self.append_frames(&buf, limit, sync)
     }
 
-    /// Appends pre-encoded frames (see [`encode_frames`]).
+    /// Appends pre-encoded frames (see [`encode_frames`]); they will be replayed.
     pub fn append_frames(&self, buf: &[u8], limit: u64, sync: bool) -> Result<()> {
+        self.write_frames(buf, limit, sync, None).map(|_| ())
+    }
+
+    /// The write-ahead journal: appends the pre-encoded frames of `records` records with a
+    /// plain `write()` (no fsync: the page cache survives a process crash; fsync is periodic)
+    /// and returns the segment's sequence number. The records count as pending in that segment
+    /// until [`Spool::resolve`]; a segment is never deleted while it has pending records.
+    pub fn journal(&self, buf: &[u8], records: u64, limit: u64) -> Result<u64> {
+        self.write_frames(buf, limit, false, Some(records))
+    }
+
+    /// `records` journaled records of segment `seq` are committed to PostgreSQL
+    /// (`committed`), or are left to the spool's replay (`!committed`).
+    pub fn resolve(&self, seq: u64, records: u64, committed: bool) {
+        let mut inner = self.lock();
+        if let Some(p) = inner.pending.get_mut(&seq) {
+            *p = p.saturating_sub(records);
+            if *p == 0 {
+                inner.pending.remove(&seq);
+            }
+        }
+        if !committed {
+            inner.dirty.insert(seq);
+        }
+    }
+
+    /// Sealed segments without pending records, oldest first, each with whether it must be
+    /// replayed (`true`) or holds only committed records and may simply be deleted.
+    pub fn settled_segments(&self) -> Vec<(u64, bool)> {
+        let inner = self.lock();
+        inner
+            .sealed
+            .keys()
+            .filter(|seq| !inner.pending.contains_key(seq))
+            .map(|seq| (*seq, inner.dirty.contains(seq)))
+            .collect()
+    }
+
+    fn write_frames(
+        &self,
+        buf: &[u8],
+        limit: u64,
+        sync: bool,
+        journaled: Option<u64>,
+    ) -> Result<u64> {
         let limit = limit.min(self.cfg.max_bytes);
         let to_sync;
+        let seq;
         {
             let mut inner = self.lock();
             let rotate = inner.active.as_ref().is_some_and(|a| {
@@ -251,6 +306,7 @@ impl Spool {
                 inner.active = Some(active);
                 self.bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
             }
+            let inner = &mut *inner;
             let active = inner.active.as_mut().expect("just created");
             if let Err(e) = active.file.write_all(buf) {
                 // Cut a partial frame off so the segment stays well formed; if even that
@@ -261,12 +317,19 @@ impl Spool {
                     self.bytes
                         .fetch_add(actual.saturating_sub(active.len), Ordering::Relaxed);
                     active.len = actual;
-                    self.seal_locked(&mut inner);
+                    self.seal_locked(inner);
                 }
                 return Err(SpoolError::Io { path, source: e });
             }
             active.len += buf.len() as u64;
             self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            seq = active.seq;
+            match journaled {
+                Some(n) => *inner.pending.entry(seq).or_insert(0) += n,
+                None => {
+                    inner.dirty.insert(seq);
+                }
+            }
             to_sync = if sync {
                 Some((
                     active.path.clone(),
@@ -279,7 +342,7 @@ impl Spool {
         if let Some((path, file)) = to_sync {
             file.sync_data().map_err(io_err(&path))?;
         }
-        Ok(())
+        Ok(seq)
     }
 
     fn create_segment(&self, inner: &mut Inner) -> Result<Active> {
@@ -374,6 +437,7 @@ impl Spool {
         if let Some(len) = inner.sealed.remove(&seq) {
             self.bytes.fetch_sub(len, Ordering::Relaxed);
         }
+        inner.dirty.remove(&seq);
         Ok(to)
     }
 
@@ -389,6 +453,7 @@ impl Spool {
         if let Some(len) = inner.sealed.remove(&seq) {
             self.bytes.fetch_sub(len, Ordering::Relaxed);
         }
+        inner.dirty.remove(&seq);
         Ok(())
     }
 }
@@ -484,6 +549,37 @@ mod tests {
         huge_len.extend_from_slice(&u32::MAX.to_le_bytes());
         huge_len.extend_from_slice(&[0; 8]);
         assert_eq!(decode_segment(&huge_len).records.len(), 0);
+    }
+
+    #[test]
+    fn journal_segments_are_replayed_only_when_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        let mut frames = Vec::new();
+        encode_frames(&[sample(0), sample(1)], &mut frames);
+        let a = s.journal(&frames, 2, u64::MAX).unwrap();
+        s.seal_active();
+        assert!(
+            s.settled_segments().is_empty(),
+            "pending records hold the segment"
+        );
+        s.resolve(a, 2, true);
+        assert_eq!(
+            s.settled_segments(),
+            vec![(a, false)],
+            "committed: delete, no replay"
+        );
+        let b = s.journal(&frames, 2, u64::MAX).unwrap();
+        assert_ne!(a, b);
+        s.resolve(b, 1, true);
+        s.resolve(b, 1, false);
+        s.seal_active();
+        assert_eq!(s.settled_segments(), vec![(a, false), (b, true)]);
+        // After a crash every segment found is replayed.
+        drop(s);
+        let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        assert_eq!(s.settled_segments(), vec![(a, true), (b, true)]);
+        assert_eq!(s.read_segment(a).unwrap().records.len(), 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! created ahead. When the queue is full, `record()` appends straight to the spool; when
 //! neither can take a record it returns [`AuditError::Unavailable`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::db::{self, DatabaseUrl, DbError, Writer};
 use super::record::DecisionRecord;
-use super::spool::{Spool, SpoolConfig, SpoolError};
+use super::spool::{encode_frames, Spool, SpoolConfig, SpoolError};
 
 /// Everything the decision log needs to run.
 #[derive(Debug, Clone)]
@@ -133,8 +134,33 @@ struct Shared {
     counters: Counters,
 }
 
+/// A record in the queue, with the spool segment its journal copy went to (`None`: the
+/// journal could not take it, so a failed write must spool it).
+struct Queued {
+    rec: DecisionRecord,
+    seg: Option<u64>,
+}
+
+/// A batch for one COPY: the records and, in parallel, their journal segments.
+#[derive(Default)]
+struct Batch {
+    records: Vec<DecisionRecord>,
+    segs: Vec<Option<u64>>,
+}
+
+impl Batch {
+    /// Journaled records per segment.
+    fn per_segment(&self) -> BTreeMap<u64, u64> {
+        let mut m = BTreeMap::new();
+        for seq in self.segs.iter().flatten() {
+            *m.entry(*seq).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
 struct Running {
-    tx: mpsc::Sender<DecisionRecord>,
+    tx: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
@@ -232,7 +258,7 @@ impl AuditLog {
         shared.refresh();
 
         let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity);
-        let (batch_tx, batch_rx) = mpsc::channel::<Vec<DecisionRecord>>(shared.cfg.pool_size);
+        let (batch_tx, batch_rx) = mpsc::channel::<Batch>(shared.cfg.pool_size);
         let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
         let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -262,57 +288,17 @@ impl AuditLog {
         })
     }
 
-    /// Records a decision without waiting: into the queue, or into the spool when the queue
-    /// is full. `Unavailable` means the decision cannot be recorded and must not be made.
+    /// Records a decision without waiting. Its encoded frame is first appended to the spool's
+    /// current segment (the write-ahead journal: a plain `write()`, so it survives a crash of
+    /// the process), then queued for PostgreSQL; the segment is deleted only once its records
+    /// are committed. `Unavailable` means the decision cannot be recorded and must not be made.
     pub fn record(&self, rec: DecisionRecord) -> Result<(), AuditError> {
-        let Some(run) = &self.inner else {
-            return Ok(());
-        };
-        let s = &run.shared;
-        // While PostgreSQL is down and the spool is full or failing, the queue must not take
-        // more than the spool's reserve can hold: go to the spool directly (which refuses at
-        // once when full, and heals the state once it works again).
-        let direct = s.refusing.load(Ordering::Relaxed);
-        let rec = if direct {
-            rec
-        } else {
-            match run.tx.try_send(rec) {
-                Ok(()) => {
-                    s.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(
-                    mpsc::error::TrySendError::Full(rec) | mpsc::error::TrySendError::Closed(rec),
-                ) => rec,
-            }
-        };
-        match s
-            .spool
-            .append(std::slice::from_ref(&rec), s.soft_limit, false)
-        {
-            Ok(()) => {
-                if direct || s.spool_broken.load(Ordering::Relaxed) {
-                    s.spool_broken.store(false, Ordering::Relaxed);
-                    s.refresh();
-                }
-                s.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                s.counters.overflowed.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                s.spool_broken.store(true, Ordering::Relaxed);
-                s.refresh();
-                s.counters.refused.fetch_add(1, Ordering::Relaxed);
-                Err(AuditError::Unavailable(format!(
-                    "the decision log's queue is full or PostgreSQL is down, and the \
-                             spool refused the record: {e}"
-                )))
-            }
-        }
+        self.record_many(vec![rec])
     }
 
-    /// Records several decisions, all or none: into the queue if it has room for all of them,
-    /// else into the spool in one append. `Unavailable` means none was recorded.
+    /// Records several decisions, all or none (see [`AuditLog::record`]): one journal append,
+    /// then the queue if it has room for all of them (else they stay in the spool, to be
+    /// replayed). `Unavailable` means none was recorded.
     pub fn record_many(&self, recs: Vec<DecisionRecord>) -> Result<(), AuditError> {
         let Some(run) = &self.inner else {
             return Ok(());
@@ -322,33 +308,49 @@ impl AuditLog {
         }
         let s = &run.shared;
         let n = recs.len() as u64;
-        let direct = s.refusing.load(Ordering::Relaxed);
-        if !direct {
-            if let Ok(permits) = run.tx.try_reserve_many(recs.len()) {
-                for (permit, r) in permits.zip(recs) {
-                    permit.send(r);
-                }
-                s.counters.accepted.fetch_add(n, Ordering::Relaxed);
-                return Ok(());
-            }
-        }
-        match s.spool.append(&recs, s.soft_limit, false) {
-            Ok(()) => {
-                if direct || s.spool_broken.load(Ordering::Relaxed) {
+        let mut buf = Vec::with_capacity(recs.len() * 400);
+        encode_frames(&recs, &mut buf);
+        let seg = match s.spool.journal(&buf, n, s.soft_limit) {
+            Ok(seq) => {
+                if s.spool_broken.load(Ordering::Relaxed) {
                     s.spool_broken.store(false, Ordering::Relaxed);
                     s.refresh();
                 }
-                s.counters.accepted.fetch_add(n, Ordering::Relaxed);
-                s.counters.overflowed.fetch_add(n, Ordering::Relaxed);
-                Ok(())
+                Some(seq)
             }
             Err(e) => {
                 s.spool_broken.store(true, Ordering::Relaxed);
                 s.refresh();
+                if s.refusing.load(Ordering::Relaxed) {
+                    s.counters.refused.fetch_add(n, Ordering::Relaxed);
+                    return Err(AuditError::Unavailable(format!(
+                        "PostgreSQL is down and the spool refused {n} record(s): {e}"
+                    )));
+                }
+                // PostgreSQL is up: record through the queue alone (not crash-safe).
+                tracing::warn!(error = %e, "the spool refused the journal copy of {n} decision(s); recording them through the queue alone");
+                None
+            }
+        };
+        match run.tx.try_reserve_many(recs.len()) {
+            Ok(permits) => {
+                for (permit, rec) in permits.zip(recs) {
+                    permit.send(Queued { rec, seg });
+                }
+                s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => {
+                if let Some(seq) = seg {
+                    // Queue full: the journal copy stays in the spool and is replayed.
+                    s.spool.resolve(seq, n, false);
+                    s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+                    s.counters.overflowed.fetch_add(n, Ordering::Relaxed);
+                    return Ok(());
+                }
                 s.counters.refused.fetch_add(n, Ordering::Relaxed);
                 Err(AuditError::Unavailable(format!(
-                    "the decision log's queue is full or PostgreSQL is down, and the \
-                     spool refused {n} records: {e}"
+                    "the decision log's queue is full and the spool refused {n} record(s)"
                 )))
             }
         }
@@ -411,6 +413,15 @@ impl AuditLog {
         }
         if let Err(e) = run.shared.spool.sync() {
             tracing::error!(error = %e, "final fsync of the spool failed");
+        }
+        // Segments whose records are all committed need no replay.
+        run.shared.spool.seal_active();
+        for (seq, dirty) in run.shared.spool.settled_segments() {
+            if !dirty {
+                if let Err(e) = run.shared.spool.remove_segment(seq) {
+                    tracing::warn!(error = %e, segment = seq, "cannot delete a committed journal segment (replaying it is harmless)");
+                }
+            }
         }
         let st = self.stats();
         tracing::info!(
@@ -480,39 +491,49 @@ impl Shared {
         }
     }
 
+    /// Journaled records of a batch are resolved: committed, or left to the spool's replay.
+    fn resolve(&self, batch: &Batch, committed: bool) {
+        for (seq, n) in batch.per_segment() {
+            self.spool.resolve(seq, n, committed);
+        }
+    }
+
     /// Gets a batch into PostgreSQL or the spool, retrying while neither works (until shutdown).
-    async fn deliver(self: &Arc<Self>, conn: &mut Option<Writer>, mut batch: Vec<DecisionRecord>) {
-        loop {
-            if self.db_up.load(Ordering::SeqCst) {
-                if conn.as_ref().is_none_or(Writer::is_closed) {
-                    match self.open_writer().await {
-                        Ok(w) => *conn = Some(w),
-                        Err(e) => {
-                            *conn = None;
-                            self.mark_db_down(&e);
-                        }
-                    }
-                }
-                if let Some(w) = conn.as_mut() {
-                    match w.write_new(&batch, self.cfg.write_timeout).await {
-                        Ok(n) => {
-                            self.counters.written.fetch_add(n, Ordering::Relaxed);
-                            return;
-                        }
-                        Err(e) => {
-                            let alive = !w.is_closed() && !matches!(e, DbError::Timeout(_));
-                            *conn = None;
-                            if alive {
-                                // The server answered with an error: spool the batch (the
-                                // replayer quarantines it if it keeps failing).
-                                tracing::error!(error = %e, records = batch.len(), "PostgreSQL rejected a decision batch; spooling it");
-                            } else {
-                                self.mark_db_down(&e);
-                            }
-                        }
-                    }
-                }
+    /// Journaled records are in the spool already: when PostgreSQL cannot take them they are
+    /// fsync'd and left there for the replay; only the others are appended.
+    async fn deliver(self: &Arc<Self>, conn: &mut Option<Writer>, batch: Batch) {
+        if self.write_to_db(conn, &batch.records).await {
+            self.resolve(&batch, true);
+            return;
+        }
+        let in_journal = batch.segs.iter().flatten().count() as u64;
+        let mut rest = Vec::new();
+        if in_journal > 0 {
+            let spool = self.spool.clone();
+            let synced = tokio::task::spawn_blocking(move || spool.sync()).await;
+            if !matches!(synced, Ok(Ok(()))) {
+                tracing::error!(
+                    "fsync of the spool failed; journaled decisions wait in the page cache"
+                );
             }
+            self.resolve(&batch, false);
+            self.counters
+                .spooled
+                .fetch_add(in_journal, Ordering::Relaxed);
+            self.refresh();
+            rest.extend(
+                batch
+                    .records
+                    .into_iter()
+                    .zip(batch.segs)
+                    .filter(|(_, seg)| seg.is_none())
+                    .map(|(r, _)| r),
+            );
+        } else {
+            rest = batch.records;
+        }
+        let mut batch = rest;
+        while !batch.is_empty() {
             let n = batch.len() as u64;
             let (b, res) = self.spool_batch(batch).await;
             batch = b;
@@ -533,7 +554,50 @@ impl Shared {
                     }
                     tracing::error!(error = %e, records = n, "cannot spool a decision batch; retrying");
                     tokio::time::sleep(self.cfg.retry_interval).await;
+                    if self.write_to_db(conn, &batch).await {
+                        return;
+                    }
                 }
+            }
+        }
+    }
+
+    /// One attempt to write a batch to PostgreSQL (if it is thought up); true when committed.
+    async fn write_to_db(
+        self: &Arc<Self>,
+        conn: &mut Option<Writer>,
+        batch: &[DecisionRecord],
+    ) -> bool {
+        if !self.db_up.load(Ordering::SeqCst) {
+            return false;
+        }
+        if conn.as_ref().is_none_or(Writer::is_closed) {
+            match self.open_writer().await {
+                Ok(w) => *conn = Some(w),
+                Err(e) => {
+                    *conn = None;
+                    self.mark_db_down(&e);
+                    return false;
+                }
+            }
+        }
+        let Some(w) = conn.as_mut() else { return false };
+        match w.write_new(batch, self.cfg.write_timeout).await {
+            Ok(n) => {
+                self.counters.written.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                let alive = !w.is_closed() && !matches!(e, DbError::Timeout(_));
+                *conn = None;
+                if alive {
+                    // The server answered with an error: spool the batch (the replayer
+                    // quarantines it if it keeps failing).
+                    tracing::error!(error = %e, records = batch.len(), "PostgreSQL rejected a decision batch; spooling it");
+                } else {
+                    self.mark_db_down(&e);
+                }
+                false
             }
         }
     }
@@ -542,8 +606,8 @@ impl Shared {
 /// Cuts the record queue into batches of at most `batch_size`, at least every flush interval.
 async fn collector(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<DecisionRecord>,
-    batch_tx: mpsc::Sender<Vec<DecisionRecord>>,
+    mut rx: mpsc::Receiver<Queued>,
+    batch_tx: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let size = shared.cfg.batch_size;
@@ -578,7 +642,8 @@ async fn collector(
                 }
             }
         }
-        if batch_tx.send(batch).await.is_err() {
+        let (records, segs) = batch.into_iter().map(|q| (q.rec, q.seg)).unzip();
+        if batch_tx.send(Batch { records, segs }).await.is_err() {
             tracing::error!("decision log writers are gone");
             break;
         }
@@ -586,10 +651,7 @@ async fn collector(
 }
 
 /// Writes batches with its own connection.
-async fn worker(
-    shared: Arc<Shared>,
-    batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<DecisionRecord>>>>,
-) {
+async fn worker(shared: Arc<Shared>, batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Batch>>>) {
     let mut conn: Option<Writer> = None;
     loop {
         let batch = batches.lock().await.recv().await;
@@ -668,7 +730,8 @@ async fn maintenance_connect(shared: &Shared) -> Result<Writer, DbError> {
     Writer::new(client).await
 }
 
-/// Replays every sealed spool segment, deleting each once its records are committed.
+/// Replays every sealed spool segment that may hold records missing from PostgreSQL, deleting
+/// each once its records are committed; journal segments already committed are just deleted.
 async fn replay(
     shared: &Arc<Shared>,
     w: &mut Writer,
@@ -677,10 +740,19 @@ async fn replay(
     if shared.spool.is_empty() {
         return Ok(());
     }
+    // Sealing makes the journal's current segment deletable once its records are committed.
     shared.spool.seal_active();
-    for seq in shared.spool.sealed_segments() {
+    for (seq, dirty) in shared.spool.settled_segments() {
         if *shutdown.borrow() {
             break;
+        }
+        if !dirty {
+            // Every record of this journal segment is committed.
+            if let Err(e) = shared.spool.remove_segment(seq) {
+                tracing::warn!(error = %e, segment = seq, "cannot delete a committed journal segment (replaying it is harmless)");
+            }
+            shared.refresh();
+            continue;
         }
         let spool = shared.spool.clone();
         let contents = match tokio::task::spawn_blocking(move || spool.read_segment(seq)).await {
