@@ -289,7 +289,11 @@ mod tests {
         assert_eq!(f, g);
         let x = f.transform(&rows);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&x), bits(&g.transform(&rows)), "same features, NaN for NaN");
+        assert_eq!(
+            bits(&x),
+            bits(&g.transform(&rows)),
+            "same features, NaN for NaN"
+        );
         for (row, feats) in rows.iter().zip(x.chunks_exact(NUM_FEATURES)) {
             let (num, cats) = f.inverse(feats);
             for (got, want) in num[..14].iter().zip(row.numerics()) {
