@@ -132,6 +132,7 @@ impl ServerBuilder {
         let state = Arc::new(AppState::new(
             cfg.max_concurrent_requests,
             cfg.batch_chunk,
+            worker_threads(cfg.worker_threads),
             self.recorder,
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -47,6 +47,8 @@ pub struct AppState {
     pub(crate) recorder: Option<Arc<dyn DecisionRecorder>>,
     /// Most applications of a stream scored by one `score_many` call.
     pub(crate) batch_chunk: usize,
+    /// CPUs available to the process (worker threads); 1 disables parallel stream scoring.
+    pub(crate) cpus: usize,
     pub metrics: Metrics,
 }
 
@@ -54,6 +56,7 @@ impl AppState {
     pub(crate) fn new(
         max_concurrent: usize,
         batch_chunk: usize,
+        cpus: usize,
         recorder: Option<Arc<dyn DecisionRecorder>>,
     ) -> Self {
         AppState {
@@ -62,6 +65,7 @@ impl AppState {
             max_concurrent: max_concurrent.max(1),
             recorder,
             batch_chunk: batch_chunk.max(1),
+            cpus,
             metrics: Metrics::default(),
         }
     }
@@ -303,7 +307,45 @@ enum Slot {
     Invalid(Vec<FieldViolation>),
 }
 
+/// Rounds smaller than this are scored on one thread; larger ones are split in two halves
+/// scored in parallel (the tree walk dominates a stream's CPU time).
+const PARALLEL_ROUND: usize = 256;
+
 impl StreamJob {
+    /// Scores `apps` into `decisions` (same order) in slices of `batch_chunk`, the second half
+    /// on the blocking pool when the round is large and more than one CPU is available.
+    async fn score_round(
+        &self,
+        apps: &mut Vec<Application>,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<(), Status> {
+        let chunk = self.state.batch_chunk;
+        let score = move |model: &ModelBundle, apps: &[Application], out: &mut Vec<Decision>| {
+            for slice in apps.chunks(chunk) {
+                out.extend(model.score_many(slice));
+            }
+        };
+        if apps.len() < PARALLEL_ROUND || self.state.cpus < 2 {
+            score(&self.model, apps, decisions);
+            return Ok(());
+        }
+        let second = apps.split_off(apps.len() / 2);
+        let model = self.model.clone();
+        let helper = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(second.len());
+            score(&model, &second, &mut out);
+            (second, out)
+        });
+        score(&self.model, apps, decisions);
+        let (second, out) = helper.await.map_err(|e| {
+            tracing::error!("parallel scoring failed: {e}");
+            Status::internal("scoring failed; the server logged the cause")
+        })?;
+        apps.extend(second);
+        decisions.extend(out);
+        Ok(())
+    }
+
     async fn run(self, mut inbound: Streaming<pb::ScoreBatchRequest>) {
         let mut position: u64 = 0;
         let mut apps: Vec<Application> = Vec::new();
@@ -380,8 +422,9 @@ impl StreamJob {
                     Err(v) => Slot::Invalid(v),
                 });
             }
-            for slice in apps.chunks(self.state.batch_chunk) {
-                decisions.extend(self.model.score_many(slice));
+            if let Err(status) = self.score_round(&mut apps, &mut decisions).await {
+                let _ = self.tx.send(Err(status)).await;
+                return;
             }
             let decided_at = SystemTime::now();
             let latency = started.elapsed();
