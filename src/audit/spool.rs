@@ -279,13 +279,16 @@ impl Spool {
         let limit = limit.min(self.cfg.max_bytes);
         let to_sync;
         let seq;
+        // fsyncs run after the lock is released: record() must never wait for a disk flush.
+        let mut sealed = None;
+        let mut created = false;
         {
             let mut inner = self.lock();
             let rotate = inner.active.as_ref().is_some_and(|a| {
                 a.len > MAGIC.len() as u64 && a.len + buf.len() as u64 > self.cfg.segment_bytes
             });
             if rotate {
-                self.seal_locked(&mut inner);
+                sealed = self.seal_locked(&mut inner);
             }
             let header = if inner.active.is_none() {
                 MAGIC.len() as u64
@@ -295,6 +298,8 @@ impl Spool {
             let needed = buf.len() as u64 + header;
             let used = self.bytes();
             if used + needed > limit {
+                drop(inner);
+                Self::finish_seal(sealed);
                 return Err(SpoolError::Full {
                     used,
                     needed,
@@ -304,6 +309,7 @@ impl Spool {
             if inner.active.is_none() {
                 let active = self.create_segment(&mut inner)?;
                 inner.active = Some(active);
+                created = true;
                 self.bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
             }
             let inner = &mut *inner;
@@ -317,7 +323,7 @@ impl Spool {
                     self.bytes
                         .fetch_add(actual.saturating_sub(active.len), Ordering::Relaxed);
                     active.len = actual;
-                    self.seal_locked(inner);
+                    Self::finish_seal(self.seal_locked(inner));
                 }
                 return Err(SpoolError::Io { path, source: e });
             }
@@ -339,6 +345,13 @@ impl Spool {
                 None
             };
         }
+        Self::finish_seal(sealed);
+        if created {
+            // Make the new directory entry durable so the segment survives a power loss.
+            if let Ok(d) = File::open(&self.cfg.dir) {
+                let _ = d.sync_all();
+            }
+        }
         if let Some((path, file)) = to_sync {
             file.sync_data().map_err(io_err(&path))?;
         }
@@ -353,10 +366,6 @@ impl Spool {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut file) => {
                     file.write_all(MAGIC).map_err(io_err(&path))?;
-                    // Make the new directory entry durable so the segment survives a crash.
-                    if let Ok(d) = File::open(&self.cfg.dir) {
-                        let _ = d.sync_all();
-                    }
                     return Ok(Active {
                         seq,
                         path,
@@ -370,12 +379,19 @@ impl Spool {
         }
     }
 
-    fn seal_locked(&self, inner: &mut Inner) {
-        if let Some(a) = inner.active.take() {
+    /// Moves the active segment to the sealed ones; the caller fsyncs it with
+    /// [`Self::finish_seal`] once the lock is released.
+    fn seal_locked(&self, inner: &mut Inner) -> Option<Active> {
+        let a = inner.active.take()?;
+        inner.sealed.insert(a.seq, a.len);
+        Some(a)
+    }
+
+    fn finish_seal(sealed: Option<Active>) {
+        if let Some(a) = sealed {
             if let Err(e) = a.file.sync_data() {
                 tracing::error!(path = %a.path.display(), error = %e, "fsync of a spool segment failed");
             }
-            inner.sealed.insert(a.seq, a.len);
         }
     }
 
@@ -386,9 +402,13 @@ impl Spool {
             .active
             .as_ref()
             .is_some_and(|a| a.len > MAGIC.len() as u64);
-        if has_records {
-            self.seal_locked(&mut inner);
-        }
+        let sealed = if has_records {
+            self.seal_locked(&mut inner)
+        } else {
+            None
+        };
+        drop(inner);
+        Self::finish_seal(sealed);
     }
 
     /// fsyncs the active segment (used after unsynced single-record appends and at shutdown).
