@@ -630,12 +630,23 @@ async fn collector(
         if got == 0 {
             break; // closed and drained
         }
+        // Fill the batch by polling every millisecond rather than waking on each record: one
+        // wake-up per record would cost the scoring threads more than the records themselves.
         let deadline = tokio::time::Instant::now() + shared.cfg.flush_interval;
         while batch.len() < size && !closing {
             let room = size - batch.len();
+            if !rx.is_empty() {
+                if rx.recv_many(&mut batch, room).await == 0 {
+                    break;
+                }
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
             tokio::select! {
-                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(deadline.min(now + Duration::from_millis(1))) => {}
                 _ = shutdown.wait_for(|s| *s) => {
                     closing = true;
                     rx.close();
