@@ -868,3 +868,53 @@ async fn sigkill_under_load_with_postgres_up_then_restart_keeps_every_decision_a
     let _ = second.ready().await;
     db.assert_each_once(&ids, Duration::from_secs(30)).await;
 }
+
+/// A recorder that refuses every decision, like a decision log whose spool is full while
+/// PostgreSQL is down.
+#[derive(Debug)]
+struct Refusing;
+
+impl cra::server::DecisionRecorder for Refusing {
+    fn record(&self, _: &cra::server::DecisionRecord<'_>) -> Result<(), cra::server::RecordError> {
+        Err(cra::server::RecordError("spool full".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_decision_that_cannot_be_recorded_is_not_made() {
+    let mut app = spawn_app_with(config(), |b| b.recorder(Arc::new(Refusing))).await;
+    app.wait_ready().await;
+    let mut a = random_applications(1, 3).remove(0);
+    let status = app
+        .client
+        .score(ScoreRequest {
+            application: Some(a.clone()),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    a.age = 7;
+    let status = app
+        .client
+        .score(ScoreRequest {
+            application: Some(a.clone()),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "invalid ones too");
+    let results = stream_all(
+        &mut app.client,
+        vec![ScoreBatchRequest {
+            applications: vec![a.clone(); 3],
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(results.len(), 3);
+    for r in results {
+        match r.result {
+            Some(Item::Error(e)) => assert_eq!(e.code, tonic::Code::Unavailable as i32),
+            other => panic!("{other:?}"),
+        }
+    }
+}
