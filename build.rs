@@ -12,5 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("creditrisk_descriptor.bin"))
         .compile_protos(&["proto/creditrisk/v1/credit_risk.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    // refinery::embed_migrations! reads migrations/ at compile time; rebuild when it changes.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

@@ -290,8 +290,26 @@ async fn migrations_are_idempotent_and_partitions_exist() {
     let db = TestDb::new();
     let mut c = db.client().await; // creates the database
     let first = db::migrate(&mut c).await.unwrap();
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(first[0].name, "decisions");
+    let names: Vec<&str> = first.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["decisions", "brin_time_index"], "{first:?}");
+    let indexes: Vec<String> = c
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'decisions' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "decisions_application_id_idx",
+            "decisions_decided_at_brin",
+            "decisions_pkey"
+        ]
+    );
     let second = db::migrate(&mut c).await.unwrap();
     assert!(second.is_empty(), "{second:?}");
     let parts: i64 = c
