@@ -2,10 +2,7 @@
 //! override with `CRA_TEST_PG`). Each test creates its own database and drops it at the end.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -14,91 +11,10 @@ use cra::audit::{
     db, new_decision_id, AuditConfig, AuditError, AuditLog, DatabaseUrl, DecisionRecord, Outcome,
     RecordedInputs, Rpc, ScoredResult, Violation,
 };
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use uuid::Uuid;
 
-fn pg_base() -> String {
-    std::env::var("CRA_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-/// A database of its own for one test, dropped (with its connections) when the guard goes.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn new() -> TestDb {
-        TestDb {
-            name: format!("cra_audit_test_{}", Uuid::new_v4().simple()),
-        }
-    }
-
-    fn url(&self) -> DatabaseUrl {
-        format!("{}/{}", pg_base(), self.name).parse().unwrap()
-    }
-
-    /// The URL of this database through another address (e.g. a proxy).
-    fn url_via(&self, addr: SocketAddr) -> DatabaseUrl {
-        format!("postgres://postgres@{addr}/{}", self.name)
-            .parse()
-            .unwrap()
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        db::connect(&self.url(), Duration::from_secs(5))
-            .await
-            .unwrap()
-    }
-
-    /// (rows, distinct decision ids); (0, 0) while the table does not exist.
-    async fn counts(&self) -> (i64, i64) {
-        let c = self.client().await;
-        match c
-            .query_one(
-                "SELECT count(*), count(DISTINCT decision_id) FROM decisions",
-                &[],
-            )
-            .await
-        {
-            Ok(row) => (row.get(0), row.get(1)),
-            Err(_) => (0, 0),
-        }
-    }
-
-    async fn wait_for_rows(&self, n: i64, within: Duration) -> (i64, i64) {
-        let deadline = Instant::now() + within;
-        loop {
-            let c = self.counts().await;
-            if c.0 >= n || Instant::now() > deadline {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Dropping needs async I/O; do it on a runtime of its own, off any test runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let url: DatabaseUrl = format!("{}/postgres", pg_base()).parse().unwrap();
-                if let Ok(c) = db::connect(&url, Duration::from_secs(5)).await {
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+mod common;
+use common::pg::{dead_url, Proxy, TestDb};
 
 fn config(url: DatabaseUrl, spool: &Path) -> AuditConfig {
     let mut cfg = AuditConfig::new(url, spool.to_owned());
@@ -110,12 +26,6 @@ fn config(url: DatabaseUrl, spool: &Path) -> AuditConfig {
 }
 
 /// A URL on which nothing listens.
-async fn dead_url(db: &TestDb) -> DatabaseUrl {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    db.url_via(addr)
-}
 
 /// A varied record: scored, or rejected with out-of-range/NaN/absent inputs.
 fn sample(i: u64) -> DecisionRecord {
@@ -287,7 +197,7 @@ async fn assert_stored_exactly(db: &TestDb, records: &[DecisionRecord]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_partitions_exist() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let mut c = db.client().await; // creates the database
     let first = db::migrate(&mut c).await.unwrap();
     let names: Vec<&str> = first.iter().map(|m| m.name.as_str()).collect();
@@ -339,7 +249,7 @@ async fn migrations_are_idempotent_and_partitions_exist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_records_give_exactly_n_rows_with_their_values() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(db.url(), spool.path());
     cfg.batch_size = 500;
@@ -359,7 +269,7 @@ async fn n_records_give_exactly_n_rows_with_their_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_records_already_stored_never_duplicates() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let records: Vec<_> = (0..1000).map(sample).collect();
     let log = AuditLog::start(config(db.url(), spool.path()))
@@ -401,62 +311,12 @@ async fn replaying_records_already_stored_never_duplicates() {
     assert_stored_exactly(&db, &records).await;
 }
 
-/// A TCP proxy to PostgreSQL that the test can cut (dropping every connection and refusing
-/// new ones) and restore.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let (cut, cut_rx) = watch::channel(0u64);
-        let up2 = up.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut_rx = cut_rx.clone();
-                cut_rx.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, up, cut }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_records_keep_being_accepted_and_land_exactly_once() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let _ = db.client().await; // create the database directly
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = Proxy::start(true).await;
     let mut cfg = config(db.url_via(proxy.addr), spool.path());
     cfg.batch_size = 200;
     let log = AuditLog::start(cfg).await.unwrap();
@@ -509,7 +369,7 @@ async fn outage_records_keep_being_accepted_and_land_exactly_once() {
 
 #[test]
 fn spooled_records_survive_a_crash_and_are_replayed_on_start() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let records: Vec<_> = (0..3000).map(sample).collect();
 
@@ -571,7 +431,7 @@ fn spooled_records_survive_a_crash_and_are_replayed_on_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_without_database_flushes_the_queue_to_the_spool() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let records: Vec<_> = (0..2000).map(sample).collect();
     let mut cfg = config(dead_url(&db).await, spool.path());
@@ -601,7 +461,7 @@ async fn shutdown_without_database_flushes_the_queue_to_the_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_without_database_refuses_with_unavailable_and_loses_nothing() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(dead_url(&db).await, spool.path());
     cfg.spool_max_bytes = 256 * 1024;
@@ -657,7 +517,7 @@ async fn full_spool_without_database_refuses_with_unavailable_and_loses_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_many_takes_all_or_none() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(db.url(), spool.path());
     cfg.queue_capacity = 8; // a 50-record chunk never fits: it goes to the spool whole
@@ -704,7 +564,7 @@ async fn record_many_takes_all_or_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_database_fails_start_when_unreachable() {
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(dead_url(&db).await, spool.path());
     cfg.require_database = true;
@@ -721,7 +581,7 @@ async fn bench_decision_log_throughput() {
     let records: Vec<_> = (0..N).map(sample).collect();
 
     // 0. The cost of record() itself (clone included), with nothing draining the queue.
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(db.url(), spool.path());
     cfg.queue_capacity = N as usize;
@@ -748,7 +608,7 @@ async fn bench_decision_log_throughput() {
     drop(db);
 
     // 1. Live path: record() → queue → binary COPY.
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(db.url(), spool.path());
     cfg.queue_capacity = N as usize;
@@ -773,7 +633,7 @@ async fn bench_decision_log_throughput() {
     drop(db);
 
     // 2. Spool path: PostgreSQL unreachable; writers spool fsync'd batches.
-    let db = TestDb::new();
+    let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(dead_url(&db).await, spool.path());
     cfg.queue_capacity = N as usize;

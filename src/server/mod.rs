@@ -133,6 +133,7 @@ impl ServerBuilder {
             cfg.max_concurrent_requests,
             cfg.batch_chunk,
             worker_threads(cfg.worker_threads),
+            cfg.request_timeout,
             self.recorder,
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -146,8 +147,10 @@ impl ServerBuilder {
         let scoring = CreditRiskServiceServer::new(CreditRisk::new(state.clone()))
             .max_decoding_message_size(cfg.max_message_bytes)
             .max_encoding_message_size(cfg.max_message_bytes);
+        // Deadlines are enforced by the service itself (unary: the client's grpc-timeout capped
+        // by --request-timeout; streams: per round), so that an expired one is always answered
+        // DEADLINE_EXCEEDED; tonic's own timeout layer would answer CANCELLED.
         let router = tonic::transport::Server::builder()
-            .timeout(cfg.request_timeout)
             .http2_keepalive_interval(Some(cfg.keepalive_interval))
             .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
             .tcp_nodelay(true)

@@ -49,6 +49,8 @@ pub struct AppState {
     pub(crate) batch_chunk: usize,
     /// CPUs available to the process (worker threads); 1 disables parallel stream scoring.
     pub(crate) cpus: usize,
+    /// Cap on a unary call's time, on top of the client's grpc-timeout.
+    pub(crate) request_timeout: Duration,
     pub metrics: Metrics,
 }
 
@@ -57,6 +59,7 @@ impl AppState {
         max_concurrent: usize,
         batch_chunk: usize,
         cpus: usize,
+        request_timeout: Duration,
         recorder: Option<Arc<dyn DecisionRecorder>>,
     ) -> Self {
         AppState {
@@ -66,6 +69,7 @@ impl AppState {
             recorder,
             batch_chunk: batch_chunk.max(1),
             cpus,
+            request_timeout,
             metrics: Metrics::default(),
         }
     }
@@ -160,7 +164,8 @@ impl CreditRiskService for CreditRisk {
         let _permit = state.admit()?;
         let model = state.model()?;
         let request_id = request_id(request.metadata());
-        let timeout = grpc_timeout(request.metadata());
+        let timeout = grpc_timeout(request.metadata())
+            .map_or(state.request_timeout, |t| t.min(state.request_timeout));
         let peer = request.remote_addr();
         let Some(input) = request.into_inner().application else {
             let err = ServeError::missing_application();
@@ -217,10 +222,8 @@ impl CreditRiskService for CreditRisk {
         }
         let (_, decision) = scored.map_err(ServeError::InvalidArgument)?;
         let elapsed = started.elapsed();
-        if let Some(limit) = timeout {
-            if elapsed >= limit {
-                return Err(ServeError::DeadlineExceeded(limit).into());
-            }
+        if elapsed >= timeout {
+            return Err(ServeError::DeadlineExceeded(timeout).into());
         }
         let score = risk_score_to_pb(
             &decision,

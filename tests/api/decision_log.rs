@@ -16,7 +16,7 @@ use std::{
 };
 
 use cra::{
-    audit::{db, recorder::follow_readiness, AuditConfig, AuditLog, DatabaseUrl},
+    audit::{recorder::follow_readiness, AuditConfig, AuditLog, DatabaseUrl},
     bench::random_applications,
     contract::pb::{
         self, batch_result::Result as Item, credit_risk_service_client::CreditRiskServiceClient,
@@ -24,203 +24,13 @@ use cra::{
     },
     server::DECISION_LOG_CONDITION,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
+use crate::common::pg::{Proxy, TestDb};
 use crate::helpers::{config, spawn_app_with, TestApp};
-
-/// `postgres://user@host:port` of the test server.
-fn pg_base() -> String {
-    if let Ok(b) = std::env::var("CRA_TEST_PG") {
-        return b.trim_end_matches('/').to_owned();
-    }
-    if let Ok(u) = std::env::var("DATABASE_URL") {
-        if let Some((scheme, rest)) = u.split_once("://") {
-            let server = rest.split('/').next().unwrap_or(rest);
-            return format!("{scheme}://{server}");
-        }
-    }
-    "postgres://postgres@127.0.0.1:5432".into()
-}
-
-/// `host:port` of the test server.
-fn pg_hostport() -> String {
-    let base = pg_base();
-    let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
-    rest.rsplit('@').next().unwrap_or(rest).to_owned()
-}
-
-/// A database of its own for one test, dropped (with its connections) when the guard goes.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let db = TestDb {
-            name: format!("cra_api_test_{}", Uuid::new_v4().simple()),
-        };
-        let _ = db.client().await; // connecting creates the database
-        db
-    }
-
-    fn url(&self) -> DatabaseUrl {
-        format!("{}/{}", pg_base(), self.name).parse().unwrap()
-    }
-
-    /// The URL of this database through another address (a proxy).
-    fn url_via(&self, addr: SocketAddr) -> DatabaseUrl {
-        format!("{}/{}", pg_base(), self.name)
-            .replacen(&pg_hostport(), &addr.to_string(), 1)
-            .parse()
-            .unwrap()
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        db::connect(&self.url(), Duration::from_secs(5))
-            .await
-            .expect("PostgreSQL for the tests (see CRA_TEST_PG)")
-    }
-
-    /// (rows, distinct decision ids); (0, 0) while the table does not exist.
-    async fn counts(&self) -> (i64, i64) {
-        let c = self.client().await;
-        match c
-            .query_one(
-                "SELECT count(*), count(DISTINCT decision_id) FROM decisions",
-                &[],
-            )
-            .await
-        {
-            Ok(row) => (row.get(0), row.get(1)),
-            Err(_) => (0, 0),
-        }
-    }
-
-    /// How many times each of `ids` is stored.
-    async fn occurrences(&self, ids: &[Uuid]) -> HashMap<Uuid, i64> {
-        let c = self.client().await;
-        let rows = c
-            .query(
-                "SELECT decision_id, count(*) FROM decisions WHERE decision_id = ANY($1) \
-                 GROUP BY decision_id",
-                &[&ids],
-            )
-            .await
-            .unwrap_or_default();
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-    }
-
-    /// Waits (bounded) until every id is stored, then asserts each is stored exactly once and
-    /// that no decision is stored twice.
-    async fn assert_each_once(&self, ids: &[Uuid], within: Duration) {
-        let deadline = Instant::now() + within;
-        let found = loop {
-            let found = self.occurrences(ids).await;
-            if found.len() == ids.len() || Instant::now() > deadline {
-                break found;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let missing: Vec<_> = ids.iter().filter(|id| !found.contains_key(id)).collect();
-        assert!(
-            missing.is_empty(),
-            "{} of {} decisions the clients received are missing, e.g. {:?}",
-            missing.len(),
-            ids.len(),
-            &missing[..missing.len().min(3)]
-        );
-        assert!(
-            found.values().all(|n| *n == 1),
-            "a decision is stored twice"
-        );
-        let (rows, distinct) = self.counts().await;
-        assert_eq!(rows, distinct, "no decision may be stored twice");
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Dropping needs async I/O; do it on a runtime of its own, off any test runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let url: DatabaseUrl = format!("{}/postgres", pg_base()).parse().unwrap();
-                if let Ok(c) = db::connect(&url, Duration::from_secs(5)).await {
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// A TCP proxy to PostgreSQL that the test can cut (dropping every connection and refusing
-/// new ones) and restore.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(up: bool) -> Proxy {
-        let target = tokio::net::lookup_host(pg_hostport())
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(up));
-        let (cut, cut_rx) = watch::channel(0u64);
-        let up2 = up.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut_rx = cut_rx.clone();
-                cut_rx.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, up, cut }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 /// The in-process server with a decision log writing to `url`, readiness following the log.
 async fn spawn_audited(url: DatabaseUrl, spool: &Path) -> (TestApp, AuditLog) {
@@ -297,7 +107,7 @@ fn received_item(r: pb::BatchResult) -> Received {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_calls_and_stream_items_give_exactly_one_row_each_with_what_the_client_got() {
-    let db = TestDb::new().await;
+    let db = TestDb::create("cra_api_test").await;
     let spool = tempfile::tempdir().unwrap();
     let (mut app, audit) = spawn_audited(db.url(), spool.path()).await;
     let model_version = app.bundle.version().to_owned();
@@ -569,7 +379,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_under_load_loses_and_duplicates_nothing() {
-    let db = TestDb::new().await;
+    let db = TestDb::create("cra_api_test").await;
     let spool = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(true).await;
     let (app, audit) = spawn_audited(db.url_via(proxy.addr), spool.path()).await;
@@ -739,7 +549,7 @@ fn spooled_ids(dir: &Path) -> HashSet<Uuid> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_decisions_spooled_then_restart_stores_each_exactly_once() {
-    let db = TestDb::new().await;
+    let db = TestDb::create("cra_api_test").await;
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
     let proxy = Proxy::start(false).await; // PostgreSQL unreachable: decisions are spooled
@@ -810,7 +620,7 @@ async fn sigkill_with_decisions_spooled_then_restart_stores_each_exactly_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_keeps_every_decision_a_client_received() {
-    let db = TestDb::new().await;
+    let db = TestDb::create("cra_api_test").await;
     let work = tempfile::tempdir().unwrap();
     let mut cra = CraProcess::spawn(
         &db.url().to_string(),
@@ -842,7 +652,7 @@ async fn sigterm_under_load_keeps_every_decision_a_client_received() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_with_postgres_up_then_restart_keeps_every_decision_answered() {
-    let db = TestDb::new().await;
+    let db = TestDb::create("cra_api_test").await;
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
     let mut first = CraProcess::spawn(&db.url().to_string(), &spool, work.path().join("first.log"));

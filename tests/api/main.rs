@@ -1,5 +1,7 @@
 //! API tests: the real server started in-process on port 0, driven by real tonic clients.
 mod batch;
+#[path = "../common/mod.rs"]
+mod common;
 mod decision_log;
 mod health;
 mod helpers;

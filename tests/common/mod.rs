@@ -1,0 +1,2 @@
+//! Helpers shared by the integration-test binaries (`tests/audit.rs`, `tests/api/`).
+pub mod pg;
