@@ -25,8 +25,6 @@ fn config(url: DatabaseUrl, spool: &Path) -> AuditConfig {
     cfg
 }
 
-/// A URL on which nothing listens.
-
 /// A varied record: scored, or rejected with out-of-range/NaN/absent inputs.
 fn sample(i: u64) -> DecisionRecord {
     let now = Utc::now();
