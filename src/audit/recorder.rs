@@ -153,6 +153,10 @@ impl srv::DecisionRecorder for AuditLog {
         self.record_many(records.iter().map(to_record).collect())
             .map_err(|e| srv::RecordError(e.to_string()))
     }
+
+    fn backlogged(&self) -> bool {
+        AuditLog::backlogged(self)
+    }
 }
 
 #[cfg(test)]

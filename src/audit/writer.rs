@@ -394,6 +394,16 @@ impl AuditLog {
         }
     }
 
+    /// True while PostgreSQL is up but behind: the spool holds more than a quarter of its cap.
+    /// Streams pause on it (see `DecisionRecorder::backlogged`); during an outage it is false,
+    /// so the spool absorbs decisions up to its cap.
+    pub fn backlogged(&self) -> bool {
+        self.inner.as_ref().is_some_and(|r| {
+            r.shared.spool.bytes() > r.shared.cfg.spool_max_bytes / 4
+                && r.shared.status.borrow().database_up
+        })
+    }
+
     /// Bytes waiting in the spool.
     pub fn spool_bytes(&self) -> u64 {
         self.inner.as_ref().map_or(0, |r| r.shared.spool.bytes())

@@ -71,4 +71,11 @@ pub trait DecisionRecorder: Send + Sync + std::fmt::Debug + 'static {
     fn record_chunk(&self, records: &[DecisionRecord<'_>]) -> Result<(), RecordError> {
         records.iter().try_for_each(|r| self.record(r))
     }
+
+    /// True while the recorder's backlog is above its high-water mark and it is catching up.
+    /// A ScoreBatch stream then pauses before its next round, so that a long batch job slows
+    /// down to the rate the log can store instead of filling the spool and being refused.
+    fn backlogged(&self) -> bool {
+        false
+    }
 }

@@ -355,6 +355,16 @@ impl StreamJob {
         let mut slots: Vec<Slot> = Vec::new();
         let mut decisions: Vec<Decision> = Vec::new();
         loop {
+            // Back-pressure from the decision log: while it is behind, read no more work (the
+            // client's sends then block on HTTP/2 flow control), bounded by the deadline.
+            if let Some(recorder) = &self.state.recorder {
+                while recorder.backlogged() {
+                    if self.deadline.is_some_and(|(at, _)| Instant::now() >= at) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             // Wait for the first message of a round, bounded by the deadline.
             let first = match self.deadline {
                 Some((at, limit)) => {

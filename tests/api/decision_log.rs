@@ -728,3 +728,60 @@ async fn a_decision_that_cannot_be_recorded_is_not_made() {
         }
     }
 }
+
+/// A recorder that keeps every decision and reports a backlog while `behind` is set.
+#[derive(Debug, Default)]
+struct Behind {
+    behind: AtomicBool,
+    recorded: AtomicU64,
+}
+
+impl cra::server::DecisionRecorder for Behind {
+    fn record(&self, _: &cra::server::DecisionRecord<'_>) -> Result<(), cra::server::RecordError> {
+        self.recorded.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn backlogged(&self) -> bool {
+        self.behind.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_stream_waits_while_the_decision_log_is_behind_instead_of_failing() {
+    let recorder = Arc::new(Behind::default());
+    recorder.behind.store(true, Ordering::SeqCst);
+    let r = recorder.clone();
+    let mut app = spawn_app_with(config(), move |b| b.recorder(r)).await;
+    app.wait_ready().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ScoreBatchRequest>(4);
+    let mut answers = app
+        .client
+        .score_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(ScoreBatchRequest {
+        applications: random_applications(10, 5),
+    })
+    .await
+    .unwrap();
+    // While the log is behind, nothing is decided and nothing is answered...
+    let waited = tokio::time::timeout(Duration::from_millis(300), answers.message()).await;
+    assert!(waited.is_err(), "answered while the log was behind");
+    assert_eq!(recorder.recorded.load(Ordering::SeqCst), 0);
+    // ...and once it catches up, every item is scored, none refused.
+    recorder.behind.store(false, Ordering::SeqCst);
+    let msg = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("answered after the log caught up")
+        .unwrap()
+        .expect("a response");
+    assert_eq!(msg.results.len(), 10);
+    assert!(msg
+        .results
+        .iter()
+        .all(|r| matches!(r.result, Some(Item::Score(_)))));
+    assert_eq!(recorder.recorded.load(Ordering::SeqCst), 10);
+    drop(tx);
+}
