@@ -75,7 +75,7 @@ expect "Score (JSON)" "$out" '"requestId": "grpcurl-req-1"' '"applicationId": "g
 out=$(g -d '{"application": {"age": 7, "income": 75000, "loan_amount": 1000, "loan_term": 36,
   "employment_status": "EMPLOYMENT_STATUS_EMPLOYED", "home_ownership": "HOME_OWNERSHIP_RENT"}}' \
   "$ADDR" creditrisk.v1.CreditRiskService/Score 2>&1 || true)
-expect "Score (invalid)" "$out" "Code: InvalidArgument" "age" "loan_purpose"
+expect "Score (invalid)" "$out" "Code: InvalidArgument" "google.rpc.BadRequest" "fieldViolations" '"field":"age"' '"field":"loan_purpose"'
 
 expect "GetModelInfo" "$(g "$ADDR" creditrisk.v1.CreditRiskService/GetModelInfo)" \
   '"modelVersion": "cra-' '"numTrees":' '"features":'
