@@ -22,7 +22,8 @@ libdir=$(dirname "$(ls -t "$profile_dir"/build/xgboost_lib-sys-*/out/lib/libxgbo
 export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 WORK=$(mktemp -d)
-DBS=()
+# One database per server; named here (not inside $(...), a subshell) so cleanup drops them.
+DBS=("cra_e2e_$$_grpcurl" "cra_e2e_$$_python")
 PID=""
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
@@ -30,7 +31,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-fresh_db() { local db="cra_e2e_$$_$1"; DBS+=("$db"); echo "$PG_SERVER/$db"; }
+fresh_db() { echo "$PG_SERVER/cra_e2e_$$_$1"; }
 
 echo "-- grpcurl"
 DATABASE_URL=$(fresh_db grpcurl) CRA_SPOOL_DIR="$WORK/spool-grpcurl" REQUIRE_GRPCURL=1 \
