@@ -167,29 +167,12 @@ impl CreditRiskService for CreditRisk {
         let timeout = grpc_timeout(request.metadata())
             .map_or(state.request_timeout, |t| t.min(state.request_timeout));
         let peer = request.remote_addr();
-        let Some(input) = request.into_inner().application else {
-            let err = ServeError::missing_application();
-            if let (Some(recorder), ServeError::InvalidArgument(violations)) =
-                (&state.recorder, &err)
-            {
-                recorder
-                    .record(&DecisionRecord {
-                        decision_id: state.decision_id(),
-                        request_id: &request_id,
-                        rpc: Rpc::Unary,
-                        peer,
-                        received_at,
-                        decided_at: SystemTime::now(),
-                        latency: started.elapsed(),
-                        model,
-                        input: None,
-                        outcome: Outcome::Invalid { violations },
-                    })
-                    .map_err(ServeError::from)?;
-            }
-            return Err(err.into());
+        // A request without an application is rejected, and recorded, like any invalid one.
+        let input = request.into_inner().application;
+        let validated = match &input {
+            Some(input) => validate::validate(input),
+            None => Err(ServeError::missing_application_violations()),
         };
-        let validated = validate::validate(&input);
         let validated_at = Instant::now();
         let decision_id = state.decision_id();
         let scored = validated.map(|app| {
@@ -215,7 +198,7 @@ impl CreditRiskService for CreditRisk {
                     decided_at: SystemTime::now(),
                     latency: started.elapsed(),
                     model,
-                    input: Some(&input),
+                    input: input.as_ref(),
                     outcome,
                 })
                 .map_err(ServeError::from)?;
@@ -229,7 +212,7 @@ impl CreditRiskService for CreditRisk {
             &decision,
             &ScoreContext {
                 request_id: &request_id,
-                application_id: &input.application_id,
+                application_id: input.as_ref().map_or("", |a| a.application_id.as_str()),
                 decision_id: &decision_id_str(decision_id),
                 model_version: model.version(),
                 processing_time: elapsed,

@@ -46,12 +46,12 @@ impl ServeError {
         }
     }
 
-    /// A request without its `application`.
-    pub fn missing_application() -> Self {
-        ServeError::InvalidArgument(vec![FieldViolation::new(
+    /// The violation of a ScoreRequest without an application.
+    pub fn missing_application_violations() -> Vec<FieldViolation> {
+        vec![FieldViolation::new(
             "application",
             "is required: ScoreRequest.application must hold the application to score",
-        )])
+        )]
     }
 
     /// The inline form of this error for one item of a ScoreBatch stream.
