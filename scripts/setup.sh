@@ -10,7 +10,8 @@ TOOLS="$PWD/.tools"
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# bindgen wants libclang itself (libclang.so*), not libclang-cpp, which some images carry alone.
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${1:-}" = "--test" ]; then
   command -v h2load >/dev/null || need_apt+=(nghttp2-client)
