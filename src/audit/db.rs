@@ -1,18 +1,20 @@
 //! PostgreSQL side of the decision log: connecting (and creating the database), the embedded
-//! migrations, partition upkeep, and the idempotent batch write (binary COPY into a temporary
-//! staging table, then `INSERT … ON CONFLICT DO NOTHING`).
+//! migrations, partition upkeep, and the batch write: one binary COPY of pre-encoded rows
+//! straight into `decisions`, or, when some of them may be stored already, the idempotent path
+//! (COPY into a temporary staging table, then `INSERT … ON CONFLICT DO NOTHING`).
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use bytes::Bytes;
+use futures::{pin_mut, SinkExt};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::record::{pg_safe, DecisionRecord, Outcome};
+use super::record::DecisionRecord;
+use super::spool::Frames;
+use super::tuple::column_list;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -204,64 +206,12 @@ pub async fn ensure_partitions(client: &Client) -> Result<i32> {
     Ok(row.get(0))
 }
 
-/// The staging table's columns, in COPY order, with their types.
-const COLUMNS: &[(&str, Type)] = &[
-    ("decision_id", Type::UUID),
-    ("request_id", Type::TEXT),
-    ("application_id", Type::TEXT),
-    ("rpc", Type::TEXT),
-    ("stream_id", Type::UUID),
-    ("stream_position", Type::INT8),
-    ("received_at", Type::TIMESTAMPTZ),
-    ("decided_at", Type::TIMESTAMPTZ),
-    ("peer", Type::TEXT),
-    ("client_id", Type::TEXT),
-    ("model_version", Type::TEXT),
-    ("model_sha256", Type::TEXT),
-    ("age", Type::INT4),
-    ("income", Type::FLOAT8),
-    ("employment_length", Type::FLOAT8),
-    ("credit_score", Type::INT4),
-    ("num_credit_lines", Type::INT4),
-    ("credit_utilization", Type::FLOAT8),
-    ("debt_to_income", Type::FLOAT8),
-    ("total_debt", Type::FLOAT8),
-    ("savings", Type::FLOAT8),
-    ("loan_amount", Type::FLOAT8),
-    ("loan_term", Type::INT4),
-    ("num_late_payments", Type::INT4),
-    ("num_bankruptcies", Type::INT4),
-    ("inquiries_last_6m", Type::INT4),
-    ("employment_status", Type::TEXT),
-    ("home_ownership", Type::TEXT),
-    ("loan_purpose", Type::TEXT),
-    ("monthly_payment", Type::FLOAT8),
-    ("payment_to_income", Type::FLOAT8),
-    ("margin", Type::FLOAT8),
-    ("probability_default", Type::FLOAT8),
-    ("risk_score", Type::FLOAT8),
-    ("risk_level", Type::TEXT),
-    ("prediction", Type::INT2),
-    ("latency_us", Type::INT8),
-    ("outcome", Type::TEXT),
-    ("violations", Type::JSONB),
-];
-
-fn column_list() -> String {
-    COLUMNS
-        .iter()
-        .map(|(c, _)| *c)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// A writer connection: a client with its session-local staging table.
 pub struct Writer {
     client: Client,
     copy_sql: String,
     insert_sql: String,
     direct_copy_sql: String,
-    types: Vec<Type>,
 }
 
 impl Writer {
@@ -282,7 +232,6 @@ impl Writer {
                 "INSERT INTO decisions ({cols}) SELECT {cols} FROM cra_decisions_staging \
                  ON CONFLICT DO NOTHING"
             ),
-            types: COLUMNS.iter().map(|(_, t)| t.clone()).collect(),
         })
     }
 
@@ -295,173 +244,60 @@ impl Writer {
         self.client.is_closed()
     }
 
-    /// Writes a batch in one transaction; returns how many rows were new (the rest were
+    /// Writes records in one transaction; returns how many rows were new (the rest were
     /// already stored). Safe to repeat: a decision is never stored twice.
     pub async fn write(&mut self, records: &[DecisionRecord], timeout: Duration) -> Result<u64> {
-        tokio::time::timeout(timeout, self.write_inner(records))
-            .await
-            .map_err(|_| DbError::Timeout(timeout))?
+        let body = Bytes::from(Frames::of_records(records).copy_body());
+        self.write_idempotent(body, timeout).await
     }
 
-    /// Writes a batch of decisions never offered to PostgreSQL before: one binary COPY
-    /// straight into `decisions` (the fast path). If any of them is already stored, the batch
-    /// is written again through the idempotent path. Returns how many rows were new.
-    pub async fn write_new(
-        &mut self,
-        records: &[DecisionRecord],
-        timeout: Duration,
-    ) -> Result<u64> {
-        let direct = tokio::time::timeout(timeout, self.copy_direct(records))
+    /// Writes the rows of `frames` (see [`Frames::copy_body`]) never offered to PostgreSQL
+    /// before: one binary COPY straight into `decisions` (the fast path). If any of them is
+    /// already stored, they are written again through the idempotent path. Returns how many
+    /// rows were new.
+    pub async fn write_new(&mut self, frames: &Frames, timeout: Duration) -> Result<u64> {
+        let body = Bytes::from(frames.copy_body());
+        let direct = tokio::time::timeout(timeout, self.copy(&self.direct_copy_sql, body.clone()))
             .await
             .map_err(|_| DbError::Timeout(timeout))?;
         match direct {
             Err(DbError::Postgres(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                self.write(records, timeout).await
+                self.write_idempotent(body, timeout).await
             }
             other => other,
         }
     }
 
-    async fn copy_direct(&mut self, records: &[DecisionRecord]) -> Result<u64> {
-        let sink = self.client.copy_in(&self.direct_copy_sql).await?;
-        let writer = BinaryCopyInWriter::new(sink, &self.types);
-        pin_mut!(writer);
-        for r in records {
-            let row = Row::new(r);
-            writer.as_mut().write(&row.params()).await?;
-        }
-        Ok(writer.finish().await?)
+    /// Writes the rows of `frames`, some of which may be stored already (a spool replay).
+    pub async fn write_frames(&mut self, frames: &Frames, timeout: Duration) -> Result<u64> {
+        self.write_idempotent(Bytes::from(frames.copy_body()), timeout)
+            .await
     }
 
-    async fn write_inner(&mut self, records: &[DecisionRecord]) -> Result<u64> {
+    async fn write_idempotent(&mut self, body: Bytes, timeout: Duration) -> Result<u64> {
+        tokio::time::timeout(timeout, self.write_inner(body))
+            .await
+            .map_err(|_| DbError::Timeout(timeout))?
+    }
+
+    /// One binary COPY of a whole body (header, rows, trailer); returns the rows copied.
+    async fn copy(&self, sql: &str, body: Bytes) -> Result<u64> {
+        let sink = self.client.copy_in::<_, Bytes>(sql).await?;
+        pin_mut!(sink);
+        // `feed`, not `send`: the rows and the end of the COPY go out in one flush.
+        sink.feed(body).await?;
+        Ok(sink.finish().await?)
+    }
+
+    async fn write_inner(&mut self, body: Bytes) -> Result<u64> {
         let tx = self.client.transaction().await?;
-        let sink = tx.copy_in(&self.copy_sql).await?;
-        let writer = BinaryCopyInWriter::new(sink, &self.types);
-        pin_mut!(writer);
-        for r in records {
-            let row = Row::new(r);
-            writer.as_mut().write(&row.params()).await?;
-        }
-        writer.finish().await?;
+        let sink = tx.copy_in::<_, Bytes>(&self.copy_sql).await?;
+        pin_mut!(sink);
+        sink.feed(body).await?;
+        sink.finish().await?;
         let inserted = tx.execute(&self.insert_sql, &[]).await?;
         tx.commit().await?;
         Ok(inserted)
-    }
-}
-
-/// The column values of one record, borrowed where possible.
-struct Row<'a> {
-    r: &'a DecisionRecord,
-    rpc: &'static str,
-    outcome: &'static str,
-    request_id: std::borrow::Cow<'a, str>,
-    application_id: std::borrow::Cow<'a, str>,
-    peer: Option<std::borrow::Cow<'a, str>>,
-    client_id: Option<std::borrow::Cow<'a, str>>,
-    employment_status: Option<std::borrow::Cow<'a, str>>,
-    home_ownership: Option<std::borrow::Cow<'a, str>>,
-    loan_purpose: Option<std::borrow::Cow<'a, str>>,
-    monthly_payment: Option<f64>,
-    payment_to_income: Option<f64>,
-    margin: Option<f64>,
-    probability_default: Option<f64>,
-    risk_score: Option<f64>,
-    risk_level: Option<&'a str>,
-    prediction: Option<i16>,
-    violations: Option<Json<Vec<super::record::Violation>>>,
-}
-
-impl<'a> Row<'a> {
-    fn new(r: &'a DecisionRecord) -> Row<'a> {
-        let opt = |s: &'a Option<String>| s.as_deref().map(pg_safe);
-        let mut row = Row {
-            r,
-            rpc: r.rpc.as_str(),
-            outcome: r.outcome.as_str(),
-            request_id: pg_safe(&r.request_id),
-            application_id: pg_safe(&r.application_id),
-            peer: opt(&r.peer),
-            client_id: opt(&r.client_id),
-            employment_status: opt(&r.inputs.employment_status),
-            home_ownership: opt(&r.inputs.home_ownership),
-            loan_purpose: opt(&r.inputs.loan_purpose),
-            monthly_payment: None,
-            payment_to_income: None,
-            margin: None,
-            probability_default: None,
-            risk_score: None,
-            risk_level: None,
-            prediction: None,
-            violations: None,
-        };
-        match &r.outcome {
-            Outcome::Scored(s) => {
-                row.monthly_payment = Some(s.monthly_payment);
-                row.payment_to_income = Some(s.payment_to_income);
-                row.margin = Some(s.margin);
-                row.probability_default = Some(s.probability_default);
-                row.risk_score = Some(s.risk_score);
-                row.risk_level = Some(&s.risk_level);
-                row.prediction = Some(s.prediction);
-            }
-            Outcome::Invalid(v) => {
-                row.violations = Some(Json(
-                    v.iter()
-                        .map(|x| super::record::Violation {
-                            field: pg_safe(&x.field).into_owned(),
-                            description: pg_safe(&x.description).into_owned(),
-                        })
-                        .collect(),
-                ));
-            }
-        }
-        row
-    }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 39] {
-        let r = self.r;
-        let i = &r.inputs;
-        [
-            &r.decision_id,
-            &self.request_id,
-            &self.application_id,
-            &self.rpc,
-            &r.stream_id,
-            &r.stream_position,
-            &r.received_at,
-            &r.decided_at,
-            &self.peer,
-            &self.client_id,
-            &r.model_version,
-            &r.model_sha256,
-            &i.age,
-            &i.income,
-            &i.employment_length,
-            &i.credit_score,
-            &i.num_credit_lines,
-            &i.credit_utilization,
-            &i.debt_to_income,
-            &i.total_debt,
-            &i.savings,
-            &i.loan_amount,
-            &i.loan_term,
-            &i.num_late_payments,
-            &i.num_bankruptcies,
-            &i.inquiries_last_6m,
-            &self.employment_status,
-            &self.home_ownership,
-            &self.loan_purpose,
-            &self.monthly_payment,
-            &self.payment_to_income,
-            &self.margin,
-            &self.probability_default,
-            &self.risk_score,
-            &self.risk_level,
-            &self.prediction,
-            &r.latency_us,
-            &self.outcome,
-            &self.violations,
-        ]
     }
 }
 
@@ -488,11 +324,5 @@ mod tests {
         let err = connect(&u, Duration::from_millis(100)).await.unwrap_err();
         assert!(matches!(err, DbError::Url(_)), "{err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
-    }
-
-    #[test]
-    fn columns_match_params() {
-        let r = crate::audit::record::tests::sample(0);
-        assert_eq!(Row::new(&r).params().len(), COLUMNS.len());
     }
 }

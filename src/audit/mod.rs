@@ -1,6 +1,8 @@
 //! The decision log: every scored or rejected application recorded in PostgreSQL exactly once.
 //!
-//! - [`record`]: [`DecisionRecord`], what the server builds for each decision;
+//! - [`record`]: [`DecisionRecord`], a decision as an owned value;
+//! - [`tuple`]: a decision as one row of PostgreSQL's binary `COPY` format, encoded once, straight
+//!   from the server's view of the call, and then journaled, queued and streamed as is;
 //! - [`writer`]: [`AuditLog`], the non-blocking, batched writer with its spool fallback;
 //! - [`spool`]: the checksummed on-disk segments used while PostgreSQL is down or slow;
 //! - [`recorder`]: the `AuditLog` as the server's `DecisionRecorder`;
@@ -10,6 +12,7 @@ pub mod db;
 pub mod record;
 pub mod recorder;
 pub mod spool;
+pub mod tuple;
 pub mod writer;
 
 use std::time::Duration;

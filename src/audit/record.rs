@@ -147,8 +147,10 @@ pub(crate) mod codec {
         Invalid(&'static str),
     }
 
+    #[cfg(test)]
     struct W<'a>(&'a mut Vec<u8>);
 
+    #[cfg(test)]
     impl W<'_> {
         fn u8(&mut self, v: u8) {
             self.0.push(v);
@@ -235,7 +237,9 @@ pub(crate) mod codec {
         }
     }
 
-    /// Appends the encoding of `r` to `out`.
+    /// Appends the encoding of `r` to `out` (the spool's format before rows of PostgreSQL's
+    /// COPY format replaced it; kept to test that such segments are still read).
+    #[cfg(test)]
     pub fn encode(r: &DecisionRecord, out: &mut Vec<u8>) {
         let mut w = W(out);
         w.u8(VERSION);

@@ -1,8 +1,11 @@
-//! The on-disk spool: where decisions wait while PostgreSQL is down or slow.
+//! The on-disk spool: the write-ahead journal of every decision, and where decisions wait
+//! while PostgreSQL is down or slow.
 //!
 //! A spool directory holds append-only segment files `seg-<seq>.spool`. Each starts with an
 //! 8-byte magic and then holds frames `len: u32 LE | crc32(len ‖ payload): u32 LE | payload`,
-//! the payload being one [`DecisionRecord`] in the spool codec. Writes go to the one active
+//! the payload being one decision as a row of PostgreSQL's binary `COPY` format (see
+//! [`super::tuple`]; segments of older versions hold the record codec of
+//! [`super::record::codec`] instead, and are still read). Writes go to the one active
 //! segment; it is sealed (fsync'd and closed) when it reaches the segment size or when the
 //! replayer wants it. Sealed segments are immutable and are deleted only after their records
 //! are committed to PostgreSQL. A torn or corrupt frame ends the reading of its segment with a
@@ -16,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::record::{codec, DecisionRecord};
+use super::tuple;
 
 const MAGIC: &[u8; 8] = b"CRASPL1\n";
 const FRAME_HEADER: usize = 8;
@@ -83,7 +87,8 @@ pub struct Spool {
 /// The records read back from one sealed segment.
 #[derive(Debug)]
 pub struct SegmentContents {
-    pub records: Vec<DecisionRecord>,
+    /// The well-formed frames, each holding one row.
+    pub frames: Frames,
     /// Bytes at the end of the segment that did not form a valid frame (torn write, corruption).
     pub skipped_bytes: u64,
     /// Frames whose checksum was right but whose payload could not be decoded.
@@ -108,23 +113,111 @@ fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Appends the frame of each record to `out`.
-pub fn encode_frames(records: &[DecisionRecord], out: &mut Vec<u8>) {
-    for r in records {
-        let start = out.len();
-        out.extend_from_slice(&[0u8; FRAME_HEADER]);
-        codec::encode(r, out);
-        let len = ((out.len() - start - FRAME_HEADER) as u32).to_le_bytes();
-        let crc = frame_crc(len, &out[start + FRAME_HEADER..]);
-        out[start..start + 4].copy_from_slice(&len);
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+/// Frames `len | crc | row`, back to back, each row one decision in PostgreSQL's binary
+/// `COPY` format: what the journal appends, the queue holds, and the writers stream.
+#[derive(Debug, Default, Clone)]
+pub struct Frames {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl Frames {
+    pub fn with_capacity(bytes: usize) -> Frames {
+        Frames {
+            buf: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
+    /// The frames of owned records.
+    pub fn of_records(records: &[DecisionRecord]) -> Frames {
+        let mut f = Frames::with_capacity(records.len() * 560);
+        for r in records {
+            f.push(|out| tuple::encode(r, out));
+        }
+        f
+    }
+
+    /// Appends one frame whose payload `encode` writes.
+    pub fn push(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
+        encode(&mut self.buf);
+        let len = ((self.buf.len() - start - FRAME_HEADER) as u32).to_le_bytes();
+        let crc = frame_crc(len, &self.buf[start + FRAME_HEADER..]);
+        self.buf[start..start + 4].copy_from_slice(&len);
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// Appends all of `other`'s frames.
+    pub fn extend(&mut self, other: &Frames) {
+        self.buf.extend_from_slice(&other.buf);
+        self.count += other.count;
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded frames, as written to a segment.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The payload (row) of each frame.
+    pub fn rows(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            let rest = self.buf.get(pos..).filter(|r| r.len() >= FRAME_HEADER)?;
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            pos += FRAME_HEADER + len;
+            Some(&rest[FRAME_HEADER..FRAME_HEADER + len])
+        })
+    }
+
+    /// Splits into runs of at most `n` frames.
+    pub fn chunks(&self, n: usize) -> Vec<Frames> {
+        let mut out = Vec::new();
+        let mut cur = Frames::default();
+        for row in self.rows() {
+            if cur.count == n.max(1) {
+                out.push(std::mem::take(&mut cur));
+            }
+            cur.push(|b| b.extend_from_slice(row));
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// The body of one binary `COPY` holding every row.
+    pub fn copy_body(&self) -> Vec<u8> {
+        tuple::copy_body(self.rows(), self.buf.len())
+    }
+
+    /// The records, decoded (for tests and inspection; rows that do not decode are skipped).
+    pub fn records(&self) -> Vec<DecisionRecord> {
+        self.rows().filter_map(|r| tuple::decode(r).ok()).collect()
     }
 }
 
+/// Appends the frame of each record to `out`.
+pub fn encode_frames(records: &[DecisionRecord], out: &mut Vec<u8>) {
+    out.extend_from_slice(Frames::of_records(records).as_bytes());
+}
+
 /// Decodes the frames of a whole segment file, stopping at the first torn or corrupt frame.
+/// Frames in the older record codec are converted to rows.
 pub fn decode_segment(data: &[u8]) -> SegmentContents {
     let mut out = SegmentContents {
-        records: Vec::new(),
+        frames: Frames::with_capacity(data.len()),
         skipped_bytes: 0,
         undecodable: 0,
     };
@@ -144,16 +237,27 @@ pub fn decode_segment(data: &[u8]) -> SegmentContents {
         if len > MAX_PAYLOAD || rest.len() < FRAME_HEADER + len as usize {
             break;
         }
-        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len as usize];
+        let frame = &rest[..FRAME_HEADER + len as usize];
+        let payload = &frame[FRAME_HEADER..];
         if frame_crc(len_bytes, payload) != crc {
             break;
         }
-        match codec::decode(payload) {
-            Ok(r) => out.records.push(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping an undecodable spooled record");
-                out.undecodable += 1;
-            }
+        // A row starts with its field count (0x00 0x27); the older codec with its version (1).
+        let converted = if payload.first() == Some(&1) {
+            codec::decode(payload)
+                .map(|r| out.frames.push(|b| tuple::encode(&r, b)))
+                .map_err(|e| e.to_string())
+        } else {
+            tuple::check(payload)
+                .map(|()| {
+                    out.frames.buf.extend_from_slice(frame);
+                    out.frames.count += 1;
+                })
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = converted {
+            tracing::warn!(error = %e, "skipping an undecodable spooled record");
+            out.undecodable += 1;
         }
         pos += FRAME_HEADER + len as usize;
     }
@@ -224,9 +328,7 @@ impl Spool {
         if records.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(records.len() * 320);
-        encode_frames(records, &mut buf);
-        self.append_frames(&buf, limit, sync)
+        self.append_frames(Frames::of_records(records).as_bytes(), limit, sync)
     }
 
     /// Appends pre-encoded frames (see [`encode_frames`]); they will be replayed.
@@ -440,7 +542,7 @@ impl Spool {
             tracing::warn!(
                 segment = %path.display(),
                 skipped_bytes = contents.skipped_bytes,
-                records = contents.records.len(),
+                records = contents.frames.len(),
                 "spool segment ends with a torn or corrupt record; it is skipped"
             );
         }
@@ -495,7 +597,7 @@ mod tests {
         s.seal_active();
         s.sealed_segments()
             .into_iter()
-            .flat_map(|seq| s.read_segment(seq).unwrap().records)
+            .flat_map(|seq| s.read_segment(seq).unwrap().frames.records())
             .collect()
     }
 
@@ -543,12 +645,48 @@ mod tests {
         let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
         assert_eq!(s.sealed_segments(), vec![1]);
         let c = s.read_segment(1).unwrap();
-        assert_eq!(c.records.len(), 10);
+        assert_eq!(c.frames.len(), 10);
         assert_eq!(c.skipped_bytes, (frame.len() / 2) as u64);
         // New appends go to a new segment, never into the recovered one.
         s.append(&[sample(11)], u64::MAX, false).unwrap();
         s.seal_active();
         assert_eq!(s.sealed_segments(), vec![1, 2]);
+    }
+
+    #[test]
+    fn segments_in_the_older_record_codec_are_read_as_rows() {
+        let recs: Vec<_> = (0..4).map(sample).collect();
+        let mut seg = MAGIC.to_vec();
+        for r in &recs {
+            let mut payload = Vec::new();
+            codec::encode(r, &mut payload);
+            let len = (payload.len() as u32).to_le_bytes();
+            seg.extend_from_slice(&len);
+            seg.extend_from_slice(&frame_crc(len, &payload).to_le_bytes());
+            seg.extend_from_slice(&payload);
+        }
+        let c = decode_segment(&seg);
+        assert_eq!((c.frames.len(), c.undecodable, c.skipped_bytes), (4, 0, 0));
+        let ids: Vec<_> = c.frames.records().iter().map(|r| r.decision_id).collect();
+        assert_eq!(ids, recs.iter().map(|r| r.decision_id).collect::<Vec<_>>());
+        // The converted rows are exactly what the current encoder writes.
+        assert_eq!(c.frames.as_bytes(), Frames::of_records(&recs).as_bytes());
+    }
+
+    #[test]
+    fn frames_split_into_chunks_and_copy_bodies() {
+        let recs: Vec<_> = (0..10).map(sample).collect();
+        let f = Frames::of_records(&recs);
+        let chunks = f.chunks(4);
+        assert_eq!(
+            chunks.iter().map(Frames::len).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        let mut joined = Frames::default();
+        chunks.iter().for_each(|c| joined.extend(c));
+        assert_eq!(joined.as_bytes(), f.as_bytes());
+        let rows: usize = f.rows().map(<[u8]>::len).sum();
+        assert_eq!(f.copy_body().len(), 19 + rows + 2);
     }
 
     #[test]
@@ -560,15 +698,15 @@ mod tests {
         let flip = one.len() + 20; // inside the second frame's payload
         buf[flip] ^= 0xff;
         let c = decode_segment(&buf);
-        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.frames.len(), 1);
         assert!(c.skipped_bytes > 0);
         // Garbage and empty files decode to nothing.
-        assert_eq!(decode_segment(b"").records.len(), 0);
-        assert_eq!(decode_segment(&[0xff; 100]).records.len(), 0);
+        assert_eq!(decode_segment(b"").frames.len(), 0);
+        assert_eq!(decode_segment(&[0xff; 100]).frames.len(), 0);
         let mut huge_len = MAGIC.to_vec();
         huge_len.extend_from_slice(&u32::MAX.to_le_bytes());
         huge_len.extend_from_slice(&[0; 8]);
-        assert_eq!(decode_segment(&huge_len).records.len(), 0);
+        assert_eq!(decode_segment(&huge_len).frames.len(), 0);
     }
 
     #[test]
@@ -599,7 +737,7 @@ mod tests {
         drop(s);
         let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
         assert_eq!(s.settled_segments(), vec![(a, true), (b, true)]);
-        assert_eq!(s.read_segment(a).unwrap().records.len(), 2);
+        assert_eq!(s.read_segment(a).unwrap().frames.len(), 2);
     }
 
     #[test]

@@ -1,24 +1,25 @@
 //! The asynchronous, batched writer of the decision log and its handle, [`AuditLog`].
 //!
-//! `record()` pushes into a bounded queue and never waits for the database. A collector task
-//! cuts the queue into batches for `pool_size` writer tasks, each with its own connection.
+//! `record()` appends each decision, encoded once as a row of PostgreSQL's binary COPY format,
+//! to the write-ahead journal and to a bounded in-memory queue of such frames, and never waits
+//! for the database. A collector task cuts the queue into batches for `pool_size` writer tasks,
+//! each with its own connection, which stream the rows as they are.
 //! A batch that PostgreSQL does not take in time goes to the on-disk spool; a maintenance
 //! task watches the database, replays the spool when it is reachable, and keeps partitions
 //! created ahead. When the queue is full, `record()` appends straight to the spool; when
 //! neither can take a record it returns [`AuditError::Unavailable`].
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::db::{self, DatabaseUrl, DbError, Writer};
 use super::record::DecisionRecord;
-use super::spool::{encode_frames, Spool, SpoolConfig, SpoolError};
+use super::spool::{Frames, Spool, SpoolConfig, SpoolError};
 
 /// Everything the decision log needs to run.
 #[derive(Debug, Clone)]
@@ -134,33 +135,50 @@ struct Shared {
     counters: Counters,
 }
 
-/// A record in the queue, with the spool segment its journal copy went to (`None`: the
-/// journal could not take it, so a failed write must spool it).
-struct Queued {
-    rec: DecisionRecord,
-    seg: Option<u64>,
-}
-
-/// A batch for one COPY: the records and, in parallel, their journal segments.
+/// Decisions waiting for PostgreSQL: the frames whose journal copy is in the spool, with how
+/// many went to each journal segment, and the frames the journal could not take (a failed
+/// write must spool those).
 #[derive(Default)]
 struct Batch {
-    records: Vec<DecisionRecord>,
-    segs: Vec<Option<u64>>,
+    journaled: Frames,
+    segs: Vec<(u64, u64)>,
+    loose: Frames,
 }
 
 impl Batch {
-    /// Journaled records per segment.
-    fn per_segment(&self) -> BTreeMap<u64, u64> {
-        let mut m = BTreeMap::new();
-        for seq in self.segs.iter().flatten() {
-            *m.entry(*seq).or_insert(0) += 1;
+    fn len(&self) -> usize {
+        self.journaled.len() + self.loose.len()
+    }
+
+    /// Every row, journaled or not, for one COPY.
+    fn all_frames(&self) -> std::borrow::Cow<'_, Frames> {
+        if self.loose.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.journaled);
         }
-        m
+        let mut f =
+            Frames::with_capacity(self.journaled.as_bytes().len() + self.loose.as_bytes().len());
+        f.extend(&self.journaled);
+        f.extend(&self.loose);
+        std::borrow::Cow::Owned(f)
     }
 }
 
+/// The in-memory queue between `record()` and the collector.
+struct Queue {
+    batch: Mutex<QueueState>,
+    /// Wakes the collector when the queue stops being empty.
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: Batch,
+    /// Set once the collector has taken its last batch (shutdown): records then stay in the spool.
+    closed: bool,
+}
+
 struct Running {
-    tx: mpsc::Sender<Queued>,
+    queue: Arc<Queue>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
@@ -257,7 +275,10 @@ impl AuditLog {
         });
         shared.refresh();
 
-        let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity);
+        let queue = Arc::new(Queue {
+            batch: Mutex::new(QueueState::default()),
+            ready: Notify::new(),
+        });
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(shared.cfg.pool_size);
         let batch_rx = Arc::new(tokio::sync::Mutex::new(batch_rx));
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -265,7 +286,7 @@ impl AuditLog {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(collector(
             shared.clone(),
-            rx,
+            queue.clone(),
             batch_tx,
             shutdown_rx.clone(),
         )));
@@ -280,7 +301,7 @@ impl AuditLog {
 
         Ok(AuditLog {
             inner: Some(Arc::new(Running {
-                tx,
+                queue,
                 shared,
                 shutdown,
                 tasks: Mutex::new(Some(tasks)),
@@ -288,29 +309,32 @@ impl AuditLog {
         })
     }
 
-    /// Records a decision without waiting. Its encoded frame is first appended to the spool's
-    /// current segment (the write-ahead journal: a plain `write()`, so it survives a crash of
-    /// the process), then queued for PostgreSQL; the segment is deleted only once its records
-    /// are committed. `Unavailable` means the decision cannot be recorded and must not be made.
+    /// Records a decision without waiting. Its row is first appended to the spool's current
+    /// segment (the write-ahead journal: a plain `write()`, so it survives a crash of the
+    /// process), then queued for PostgreSQL; the segment is deleted only once its records are
+    /// committed. `Unavailable` means the decision cannot be recorded and must not be made.
     pub fn record(&self, rec: DecisionRecord) -> Result<(), AuditError> {
         self.record_many(vec![rec])
     }
 
-    /// Records several decisions, all or none (see [`AuditLog::record`]): one journal append,
-    /// then the queue if it has room for all of them (else they stay in the spool, to be
-    /// replayed). `Unavailable` means none was recorded.
+    /// Records several decisions, all or none (see [`AuditLog::record`]).
     pub fn record_many(&self, recs: Vec<DecisionRecord>) -> Result<(), AuditError> {
+        self.record_frames(Frames::of_records(&recs))
+    }
+
+    /// Records the decisions whose rows `frames` holds, all or none: one journal append, then
+    /// the queue if it has room for all of them (else they stay in the spool, to be replayed).
+    /// `Unavailable` means none was recorded.
+    pub fn record_frames(&self, frames: Frames) -> Result<(), AuditError> {
         let Some(run) = &self.inner else {
             return Ok(());
         };
-        if recs.is_empty() {
+        if frames.is_empty() {
             return Ok(());
         }
         let s = &run.shared;
-        let n = recs.len() as u64;
-        let mut buf = Vec::with_capacity(recs.len() * 400);
-        encode_frames(&recs, &mut buf);
-        let seg = match s.spool.journal(&buf, n, s.soft_limit) {
+        let n = frames.len() as u64;
+        let seg = match s.spool.journal(frames.as_bytes(), n, s.soft_limit) {
             Ok(seq) => {
                 if s.spool_broken.load(Ordering::Relaxed) {
                     s.spool_broken.store(false, Ordering::Relaxed);
@@ -332,28 +356,44 @@ impl AuditLog {
                 None
             }
         };
-        match run.tx.try_reserve_many(recs.len()) {
-            Ok(permits) => {
-                for (permit, rec) in permits.zip(recs) {
-                    permit.send(Queued { rec, seg });
+        let queued = {
+            let mut q = run.queue.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if q.closed || q.pending.len() + frames.len() > s.cfg.queue_capacity {
+                false
+            } else {
+                let was_empty = q.pending.len() == 0;
+                let b = &mut q.pending;
+                match seg {
+                    Some(seq) => {
+                        b.journaled.extend(&frames);
+                        match b.segs.last_mut() {
+                            Some((last, k)) if *last == seq => *k += n,
+                            _ => b.segs.push((seq, n)),
+                        }
+                    }
+                    None => b.loose.extend(&frames),
                 }
-                s.counters.accepted.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(_) => {
-                if let Some(seq) = seg {
-                    // Queue full: the journal copy stays in the spool and is replayed.
-                    s.spool.resolve(seq, n, false);
-                    s.counters.accepted.fetch_add(n, Ordering::Relaxed);
-                    s.counters.overflowed.fetch_add(n, Ordering::Relaxed);
-                    return Ok(());
+                if was_empty {
+                    run.queue.ready.notify_one();
                 }
-                s.counters.refused.fetch_add(n, Ordering::Relaxed);
-                Err(AuditError::Unavailable(format!(
-                    "the decision log's queue is full and the spool refused {n} record(s)"
-                )))
+                true
             }
+        };
+        if queued {
+            s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
         }
+        if let Some(seq) = seg {
+            // Queue full (or closed): the journal copy stays in the spool and is replayed.
+            s.spool.resolve(seq, n, false);
+            s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+            s.counters.overflowed.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
+        s.counters.refused.fetch_add(n, Ordering::Relaxed);
+        Err(AuditError::Unavailable(format!(
+            "the decision log's queue is full and the spool refused {n} record(s)"
+        )))
     }
 
     /// The current status (readiness: `accepting`).
@@ -483,16 +523,13 @@ impl Shared {
         Writer::new(client).await
     }
 
-    /// Appends a batch to the spool, fsync'd, off the async threads.
-    async fn spool_batch(
-        self: &Arc<Self>,
-        batch: Vec<DecisionRecord>,
-    ) -> (Vec<DecisionRecord>, Result<(), SpoolError>) {
+    /// Appends frames to the spool, fsync'd, off the async threads.
+    async fn spool_frames(self: &Arc<Self>, frames: Frames) -> (Frames, Result<(), SpoolError>) {
         let spool = self.spool.clone();
         let limit = self.cfg.spool_max_bytes;
         match tokio::task::spawn_blocking(move || {
-            let r = spool.append(&batch, limit, true);
-            (batch, r)
+            let r = spool.append_frames(frames.as_bytes(), limit, true);
+            (frames, r)
         })
         .await
         {
@@ -503,7 +540,7 @@ impl Shared {
 
     /// Journaled records of a batch are resolved: committed, or left to the spool's replay.
     fn resolve(&self, batch: &Batch, committed: bool) {
-        for (seq, n) in batch.per_segment() {
+        for &(seq, n) in &batch.segs {
             self.spool.resolve(seq, n, committed);
         }
     }
@@ -512,12 +549,11 @@ impl Shared {
     /// Journaled records are in the spool already: when PostgreSQL cannot take them they are
     /// fsync'd and left there for the replay; only the others are appended.
     async fn deliver(self: &Arc<Self>, conn: &mut Option<Writer>, batch: Batch) {
-        if self.write_to_db(conn, &batch.records).await {
+        if self.write_to_db(conn, &batch.all_frames()).await {
             self.resolve(&batch, true);
             return;
         }
-        let in_journal = batch.segs.iter().flatten().count() as u64;
-        let mut rest = Vec::new();
+        let in_journal = batch.journaled.len() as u64;
         if in_journal > 0 {
             let spool = self.spool.clone();
             let synced = tokio::task::spawn_blocking(move || spool.sync()).await;
@@ -531,22 +567,12 @@ impl Shared {
                 .spooled
                 .fetch_add(in_journal, Ordering::Relaxed);
             self.refresh();
-            rest.extend(
-                batch
-                    .records
-                    .into_iter()
-                    .zip(batch.segs)
-                    .filter(|(_, seg)| seg.is_none())
-                    .map(|(r, _)| r),
-            );
-        } else {
-            rest = batch.records;
         }
-        let mut batch = rest;
-        while !batch.is_empty() {
-            let n = batch.len() as u64;
-            let (b, res) = self.spool_batch(batch).await;
-            batch = b;
+        let mut rest = batch.loose;
+        while !rest.is_empty() {
+            let n = rest.len() as u64;
+            let (f, res) = self.spool_frames(rest).await;
+            rest = f;
             match res {
                 Ok(()) => {
                     self.spool_broken.store(false, Ordering::SeqCst);
@@ -564,7 +590,7 @@ impl Shared {
                     }
                     tracing::error!(error = %e, records = n, "cannot spool a decision batch; retrying");
                     tokio::time::sleep(self.cfg.retry_interval).await;
-                    if self.write_to_db(conn, &batch).await {
+                    if self.write_to_db(conn, &rest).await {
                         return;
                     }
                 }
@@ -573,11 +599,7 @@ impl Shared {
     }
 
     /// One attempt to write a batch to PostgreSQL (if it is thought up); true when committed.
-    async fn write_to_db(
-        self: &Arc<Self>,
-        conn: &mut Option<Writer>,
-        batch: &[DecisionRecord],
-    ) -> bool {
+    async fn write_to_db(self: &Arc<Self>, conn: &mut Option<Writer>, batch: &Frames) -> bool {
         if !self.db_up.load(Ordering::SeqCst) {
             return false;
         }
@@ -613,59 +635,57 @@ impl Shared {
     }
 }
 
-/// Cuts the record queue into batches of at most `batch_size`, at least every flush interval.
+/// Cuts the queue into batches of about `batch_size` records, at least every flush interval.
 async fn collector(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Queued>,
+    queue: Arc<Queue>,
     batch_tx: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let size = shared.cfg.batch_size;
+    let queued = || {
+        queue
+            .batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .len()
+    };
     let mut closing = false;
     loop {
-        let mut batch = Vec::with_capacity(size);
-        // Wait for the first record (or shutdown), then fill until full or the deadline.
-        let got = if closing {
-            rx.recv_many(&mut batch, size).await
-        } else {
+        // Wait for the first record (or shutdown), then let the batch fill until it is full or
+        // the deadline passes, looking every millisecond rather than waking on each record:
+        // one wake-up per record would cost the scoring threads more than the records themselves.
+        if !closing && queued() == 0 {
             tokio::select! {
-                n = rx.recv_many(&mut batch, size) => n,
-                _ = shutdown.wait_for(|s| *s) => {
-                    closing = true;
-                    rx.close();
-                    continue;
-                }
+                _ = queue.ready.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => closing = true,
             }
-        };
-        if got == 0 {
-            break; // closed and drained
         }
-        // Fill the batch by polling every millisecond rather than waking on each record: one
-        // wake-up per record would cost the scoring threads more than the records themselves.
         let deadline = tokio::time::Instant::now() + shared.cfg.flush_interval;
-        while batch.len() < size && !closing {
-            let room = size - batch.len();
-            if !rx.is_empty() {
-                if rx.recv_many(&mut batch, room).await == 0 {
-                    break;
-                }
-                continue;
-            }
+        while !closing && queued() < size {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 break;
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline.min(now + Duration::from_millis(1))) => {}
-                _ = shutdown.wait_for(|s| *s) => {
-                    closing = true;
-                    rx.close();
-                }
+                _ = shutdown.wait_for(|s| *s) => closing = true,
             }
         }
-        let (records, segs) = batch.into_iter().map(|q| (q.rec, q.seg)).unzip();
-        if batch_tx.send(Batch { records, segs }).await.is_err() {
+        let batch = {
+            let mut q = queue.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if closing {
+                // Whatever arrives from now on stays in the spool, to be replayed.
+                q.closed = true;
+            }
+            std::mem::take(&mut q.pending)
+        };
+        if batch.len() > 0 && batch_tx.send(batch).await.is_err() {
             tracing::error!("decision log writers are gone");
+            break;
+        }
+        if closing {
             break;
         }
     }
@@ -786,8 +806,8 @@ async fn replay(
         };
         let started = Instant::now();
         let mut new_rows = 0;
-        for chunk in contents.records.chunks(shared.cfg.batch_size) {
-            match w.write_new(chunk, shared.cfg.write_timeout).await {
+        for chunk in contents.frames.chunks(shared.cfg.batch_size) {
+            match w.write_new(&chunk, shared.cfg.write_timeout).await {
                 Ok(n) => new_rows += n,
                 Err(e) if !w.is_closed() && !matches!(e, DbError::Timeout(_)) => {
                     match shared.spool.quarantine_segment(seq) {
@@ -804,7 +824,7 @@ async fn replay(
                 Err(e) => return Err(e),
             }
         }
-        let n = contents.records.len() as u64;
+        let n = contents.frames.len() as u64;
         shared.counters.replayed.fetch_add(n, Ordering::Relaxed);
         shared
             .counters

@@ -538,7 +538,8 @@ fn spooled_ids(dir: &Path) -> HashSet<Uuid> {
             let data = std::fs::read(&p).unwrap();
             ids.extend(
                 cra::audit::spool::decode_segment(&data)
-                    .records
+                    .frames
+                    .records()
                     .iter()
                     .map(|r| r.decision_id),
             );

@@ -206,6 +206,10 @@ impl Proxy {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    // Like the PostgreSQL client itself, a transparent proxy must not add
+                    // Nagle delays to small packets.
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut_rx.changed() => {}
