@@ -43,11 +43,24 @@ impl srv::DecisionRecorder for AuditLog {
         if !self.is_enabled() {
             return Ok(());
         }
-        let mut frames = Frames::with_capacity(records.len() * ROW_BYTES);
-        for r in records {
-            frames.push(|out| tuple::encode_view(r, out));
+        // One encoding buffer per thread, reused: recording allocates nothing per decision.
+        thread_local! {
+            static FRAMES: std::cell::RefCell<Frames> = std::cell::RefCell::new(Frames::with_capacity(64 * ROW_BYTES));
         }
-        self.record_frames(frames)
+        FRAMES
+            .with(|cell| {
+                let mut frames = cell.borrow_mut();
+                frames.clear();
+                for r in records {
+                    frames.push(|out| tuple::encode_view(r, out));
+                }
+                let result = self.record_frames(&frames);
+                if frames.as_bytes().len() > 1024 * ROW_BYTES {
+                    // Do not keep a large stream chunk's buffer alive on the thread.
+                    *frames = Frames::with_capacity(64 * ROW_BYTES);
+                }
+                result
+            })
             .map_err(|e| srv::RecordError(e.to_string()))
     }
 

@@ -6,17 +6,24 @@
 //! the payload being one decision as a row of PostgreSQL's binary `COPY` format (see
 //! [`super::tuple`]; segments of older versions hold the record codec of
 //! [`super::record::codec`] instead, and are still read). Writes go to the one active
-//! segment; it is sealed (fsync'd and closed) when it reaches the segment size or when the
-//! replayer wants it. Sealed segments are immutable and are deleted only after their records
+//! segment, which is created at its full size (blocks reserved with `posix_fallocate`, so a full
+//! disk is an error at creation, never a fault later) and mapped into memory: appending a frame
+//! is a copy into the page cache, which outlives a crash of the process just as a `write()`
+//! would, without a system call. The active segment is sealed (unmapped, cut to its used length,
+//! fsync'd and closed) when the next frame does not fit or when the replayer wants it; a crash
+//! leaves its unused tail zeroed, which reads as a clean end. Sealed segments are immutable and are deleted only after their records
 //! are committed to PostgreSQL. A torn or corrupt frame ends the reading of its segment with a
 //! warning. One spool directory belongs to one process.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use memmap2::MmapMut;
 
 use super::record::{codec, DecisionRecord};
 use super::tuple;
@@ -62,7 +69,50 @@ struct Active {
     seq: u64,
     path: PathBuf,
     file: File,
+    /// The whole file, mapped; `None` once closed.
+    map: Option<MmapMut>,
+    /// Bytes used: the magic and the frames.
     len: u64,
+    /// Size of the file (and of the mapping).
+    cap: u64,
+}
+
+impl Active {
+    /// Copies frames in at the end; the caller has checked that they fit.
+    fn put(&mut self, buf: &[u8]) {
+        let at = self.len as usize;
+        let map = self.map.as_mut().expect("an active segment is mapped");
+        map[at..at + buf.len()].copy_from_slice(buf);
+        self.len += buf.len() as u64;
+    }
+
+    /// Unmaps the segment and cuts the file to the bytes used. Idempotent.
+    fn close(&mut self) -> io::Result<()> {
+        if self.map.take().is_some() {
+            self.file.set_len(self.len)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot cut a spool segment to its used length (its zeroed tail reads as a clean end)");
+        }
+    }
+}
+
+/// Reserves the blocks of `len` bytes for `file`, so that writes through a mapping cannot fail
+/// for want of space.
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain system call on an open file descriptor owned by `file`.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
 }
 
 struct Inner {
@@ -136,6 +186,12 @@ impl Frames {
             f.push(|out| tuple::encode(r, out));
         }
         f
+    }
+
+    /// Removes every frame, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.count = 0;
     }
 
     /// Appends one frame whose payload `encode` writes.
@@ -234,6 +290,10 @@ pub fn decode_segment(data: &[u8]) -> SegmentContents {
         let len_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes);
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len == 0 && rest.iter().all(|&b| b == 0) {
+            // The unused, zeroed tail of a segment whose process stopped before sealing it.
+            return out;
+        }
         if len > MAX_PAYLOAD || rest.len() < FRAME_HEADER + len as usize {
             break;
         }
@@ -386,10 +446,22 @@ impl Spool {
         let mut created = false;
         {
             let mut inner = self.lock();
-            let rotate = inner.active.as_ref().is_some_and(|a| {
-                a.len > MAGIC.len() as u64 && a.len + buf.len() as u64 > self.cfg.segment_bytes
-            });
-            if rotate {
+            let rotate = inner
+                .active
+                .as_ref()
+                .is_some_and(|a| a.len + buf.len() as u64 > a.cap);
+            if rotate
+                && inner
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.len <= MAGIC.len() as u64)
+            {
+                // Too small even when empty: replace it with one that fits.
+                let mut empty = inner.active.take().expect("checked");
+                let _ = empty.close();
+                let _ = fs::remove_file(&empty.path);
+                self.bytes.fetch_sub(empty.len, Ordering::Relaxed);
+            } else if rotate {
                 sealed = self.seal_locked(&mut inner);
             }
             let header = if inner.active.is_none() {
@@ -409,27 +481,14 @@ impl Spool {
                 });
             }
             if inner.active.is_none() {
-                let active = self.create_segment(&mut inner)?;
+                let active = self.create_segment(&mut inner, needed)?;
                 inner.active = Some(active);
                 created = true;
                 self.bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
             }
             let inner = &mut *inner;
             let active = inner.active.as_mut().expect("just created");
-            if let Err(e) = active.file.write_all(buf) {
-                // Cut a partial frame off so the segment stays well formed; if even that
-                // fails, seal the segment (the reader stops at the torn frame).
-                let path = active.path.clone();
-                if active.file.set_len(active.len).is_err() {
-                    let actual = fs::metadata(&path).map(|m| m.len()).unwrap_or(active.len);
-                    self.bytes
-                        .fetch_add(actual.saturating_sub(active.len), Ordering::Relaxed);
-                    active.len = actual;
-                    Self::finish_seal(self.seal_locked(inner));
-                }
-                return Err(SpoolError::Io { path, source: e });
-            }
-            active.len += buf.len() as u64;
+            active.put(buf);
             self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
             seq = active.seq;
             match journaled {
@@ -460,24 +519,48 @@ impl Spool {
         Ok(seq)
     }
 
-    fn create_segment(&self, inner: &mut Inner) -> Result<Active> {
+    /// A new active segment with room for at least `needed` bytes: created at its full size,
+    /// its blocks reserved, mapped, the magic written.
+    fn create_segment(&self, inner: &mut Inner, needed: u64) -> Result<Active> {
+        let cap = self.cfg.segment_bytes.max(needed);
         loop {
             let seq = inner.next_seq;
             inner.next_seq += 1;
             let path = self.cfg.dir.join(segment_name(seq));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    file.write_all(MAGIC).map_err(io_err(&path))?;
-                    return Ok(Active {
-                        seq,
-                        path,
-                        file,
-                        len: MAGIC.len() as u64,
-                    });
-                }
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(SpoolError::Io { path, source: e }),
-            }
+            };
+            let mapped = preallocate(&file, cap).and_then(|()| {
+                // SAFETY: the file was just created by this process, which alone writes the
+                // spool directory ("one spool directory belongs to one process"); its blocks
+                // are reserved, and it is never shortened while mapped (see `Active::close`).
+                unsafe { MmapMut::map_mut(&file) }
+            });
+            let map = match mapped {
+                Ok(m) => m,
+                Err(e) => {
+                    drop(file);
+                    let _ = fs::remove_file(&path);
+                    return Err(SpoolError::Io { path, source: e });
+                }
+            };
+            let mut active = Active {
+                seq,
+                path,
+                file,
+                map: Some(map),
+                len: 0,
+                cap,
+            };
+            active.put(MAGIC);
+            return Ok(active);
         }
     }
 
@@ -490,8 +573,8 @@ impl Spool {
     }
 
     fn finish_seal(sealed: Option<Active>) {
-        if let Some(a) = sealed {
-            if let Err(e) = a.file.sync_data() {
+        if let Some(mut a) = sealed {
+            if let Err(e) = a.close().and_then(|()| a.file.sync_data()) {
                 tracing::error!(path = %a.path.display(), error = %e, "fsync of a spool segment failed");
             }
         }
@@ -582,6 +665,8 @@ impl Spool {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::audit::record::tests::sample;
 
@@ -651,6 +736,41 @@ mod tests {
         s.append(&[sample(11)], u64::MAX, false).unwrap();
         s.seal_active();
         assert_eq!(s.sealed_segments(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_crash_leaves_a_zeroed_tail_that_reads_as_a_clean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs: Vec<_> = (0..10).map(sample).collect();
+        let s = Spool::open(cfg(dir.path(), 1 << 24, 1 << 20)).unwrap();
+        let frames = Frames::of_records(&recs);
+        let seq = s.journal(frames.as_bytes(), 10, u64::MAX).unwrap();
+        // The segment is created at its full size, blocks reserved.
+        let path = dir.path().join(segment_name(seq));
+        assert_eq!(fs::metadata(&path).unwrap().len(), 1 << 20);
+        // A crash: nothing is unmapped, cut or synced by the process.
+        std::mem::forget(s);
+        let s = Spool::open(cfg(dir.path(), 1 << 24, 1 << 20)).unwrap();
+        let c = s.read_segment(seq).unwrap();
+        assert_eq!((c.frames.len(), c.skipped_bytes, c.undecodable), (10, 0, 0));
+        assert_eq!(c.frames.as_bytes(), frames.as_bytes());
+        // A frame larger than a segment gets a segment of its own size.
+        let big: Vec<_> = (0..3000).map(sample).collect();
+        let big = Frames::of_records(&big);
+        assert!(big.as_bytes().len() > 1 << 20);
+        s.append_frames(big.as_bytes(), u64::MAX, true).unwrap();
+        s.seal_active();
+        let last = *s.sealed_segments().last().unwrap();
+        assert_eq!(s.read_segment(last).unwrap().frames.len(), 3000);
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert_eq!(
+            on_disk,
+            s.bytes(),
+            "sealed segments are cut to their used length"
+        );
     }
 
     #[test]

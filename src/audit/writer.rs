@@ -319,13 +319,13 @@ impl AuditLog {
 
     /// Records several decisions, all or none (see [`AuditLog::record`]).
     pub fn record_many(&self, recs: Vec<DecisionRecord>) -> Result<(), AuditError> {
-        self.record_frames(Frames::of_records(&recs))
+        self.record_frames(&Frames::of_records(&recs))
     }
 
     /// Records the decisions whose rows `frames` holds, all or none: one journal append, then
     /// the queue if it has room for all of them (else they stay in the spool, to be replayed).
     /// `Unavailable` means none was recorded.
-    pub fn record_frames(&self, frames: Frames) -> Result<(), AuditError> {
+    pub fn record_frames(&self, frames: &Frames) -> Result<(), AuditError> {
         let Some(run) = &self.inner else {
             return Ok(());
         };
@@ -365,13 +365,13 @@ impl AuditLog {
                 let b = &mut q.pending;
                 match seg {
                     Some(seq) => {
-                        b.journaled.extend(&frames);
+                        b.journaled.extend(frames);
                         match b.segs.last_mut() {
                             Some((last, k)) if *last == seq => *k += n,
                             _ => b.segs.push((seq, n)),
                         }
                     }
-                    None => b.loose.extend(&frames),
+                    None => b.loose.extend(frames),
                 }
                 if was_empty {
                     run.queue.ready.notify_one();
@@ -643,6 +643,9 @@ async fn collector(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let size = shared.cfg.batch_size;
+    // How often a filling batch is looked at: a tenth of the flush interval, 1 to 10 ms.
+    let look =
+        (shared.cfg.flush_interval / 10).clamp(Duration::from_millis(1), Duration::from_millis(10));
     let queued = || {
         queue
             .batch
@@ -654,7 +657,7 @@ async fn collector(
     let mut closing = false;
     loop {
         // Wait for the first record (or shutdown), then let the batch fill until it is full or
-        // the deadline passes, looking every millisecond rather than waking on each record:
+        // the deadline passes, looking every few milliseconds rather than waking on each record:
         // one wake-up per record would cost the scoring threads more than the records themselves.
         if !closing && queued() == 0 {
             tokio::select! {
@@ -669,7 +672,7 @@ async fn collector(
                 break;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline.min(now + Duration::from_millis(1))) => {}
+                _ = tokio::time::sleep_until(deadline.min(now + look)) => {}
                 _ = shutdown.wait_for(|s| *s) => closing = true,
             }
         }
