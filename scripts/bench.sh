@@ -2,7 +2,10 @@
 # Side-by-side benchmark, in one sitting on this machine, loopback only:
 #   1. CRA with the decision log off and on (alternating runs): unary saturation, unary at a fixed
 #      10,000 req/s, one ScoreBatch stream, and h2load as an independent client;
-#   2. optionally the seed-flask peer's own bench.sh (pass its folder as the first argument).
+#   2. the same unary comparison with PostgreSQL on a core of its own (as on a separate database
+#      host): the postgres processes pinned to CPU 1, server and load generator to CPU 0, for
+#      both the log-off and log-on runs (needs taskset and the right to pin PostgreSQL);
+#   3. optionally the seed-flask peer's own bench.sh (pass its folder as the first argument).
 #
 #   scripts/bench.sh [PEER_DIR]          results go to results/bench-<UTC time>/
 # env: DURATION (10s per run), PORT (50571), DATABASE_URL server (postgres://postgres@127.0.0.1:5432)
@@ -23,14 +26,16 @@ ADDR=127.0.0.1:$PORT
 DB=cra_bench_$$
 SPOOL=$(mktemp -d)
 PID=""
+PIN=""
 stop() {
   if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi
 }
-cleanup() { stop; psql -q "$PG_SERVER/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; rm -rf "$SPOOL"; }
+unpin_pg() { for p in $(pgrep -x postgres || true); do taskset -a -p "$(( (1 << $(nproc)) - 1 ))" "$p" >/dev/null 2>&1 || true; done; }
+cleanup() { stop; unpin_pg; psql -q "$PG_SERVER/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; rm -rf "$SPOOL"; }
 trap cleanup EXIT
 start() { # start LOGNAME ARGS...
   local log=$1; shift
-  "$CRA" serve --listen "$ADDR" "$@" >"$OUT/$log" 2>&1 &
+  $PIN "$CRA" serve --listen "$ADDR" "$@" >"$OUT/$log" 2>&1 &
   PID=$!
   for _ in $(seq 1 300); do
     if .tools/bin/grpcurl -plaintext -max-time 1 -d '{"service":"creditrisk.v1.CreditRiskService"}' \
@@ -43,7 +48,7 @@ start() { # start LOGNAME ARGS...
 bench() { # bench NAME ARGS...
   local name=$1; shift
   echo "== $name (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/summary.txt"
-  "$CRA" bench --addr "$ADDR" "$@" | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt"
+  $PIN "$CRA" bench --addr "$ADDR" "$@" | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt"
 }
 {
   echo "date_utc: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -92,6 +97,34 @@ for round in 1 2; do
   after=$(psql -tAq "$PG_SERVER/$DB" -c "SELECT count(*) FROM decisions")
   echo "decision log rows added in round $round: $((after - before))" | tee -a "$OUT/summary.txt"
 done
+
+# PostgreSQL on a core of its own: alternating rounds, log off and on, same pinning for both.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && pgrep -x postgres >/dev/null \
+   && taskset -a -p 2 "$(pgrep -x postgres | head -1)" >/dev/null 2>&1; then
+  for p in $(pgrep -x postgres); do taskset -a -p 2 "$p" >/dev/null; done
+  PIN="taskset -c 0"
+  echo "== PostgreSQL pinned to CPU 1; server and load generator to CPU 0" | tee -a "$OUT/summary.txt"
+  for round in 1 2 3; do
+    start "serve-pinned-off-$round.log" --audit off
+    bench "unary-pinned-off-$round" --mode unary --connections 2 --concurrency 64 --duration "$DURATION"
+    stop
+    start "serve-pinned-on-$round.log" --audit on --database-url "$PG_SERVER/$DB" --spool-dir "$SPOOL" --require-database
+    bench "unary-pinned-on-$round" --mode unary --connections 2 --concurrency 64 --duration "$DURATION"
+    stop
+  done
+  PIN=""
+  unpin_pg
+  python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
+import re, sys
+def thr(name):
+    return float(re.search(r"throughput: (\d+)", open(f"{sys.argv[1]}/{name}.txt").read()).group(1))
+ratios = [thr(f"unary-pinned-on-{r}") / thr(f"unary-pinned-off-{r}") for r in (1, 2, 3)]
+print("pinned unary, log on / log off per round: " + ", ".join(f"{x:.3f}" for x in ratios)
+      + f"; mean {sum(ratios) / 3:.3f}")
+PY
+else
+  echo "== (skipped the pinned rounds: need 2+ CPUs, taskset and the right to pin PostgreSQL)" | tee -a "$OUT/summary.txt"
+fi
 
 if [ -n "$PEER_DIR" ]; then
   echo "== seed-flask peer: its bench.sh, in a scratch copy" | tee -a "$OUT/summary.txt"

@@ -310,8 +310,8 @@ impl AuditLog {
     }
 
     /// Records a decision without waiting. Its row is first appended to the spool's current
-    /// segment (the write-ahead journal: a plain `write()`, so it survives a crash of the
-    /// process), then queued for PostgreSQL; the segment is deleted only once its records are
+    /// segment (the write-ahead journal: a copy into the segment's memory mapping, so it
+    /// survives a crash of the process), then queued for PostgreSQL; the segment is deleted only once its records are
     /// committed. `Unavailable` means the decision cannot be recorded and must not be made.
     pub fn record(&self, rec: DecisionRecord) -> Result<(), AuditError> {
         self.record_many(vec![rec])
