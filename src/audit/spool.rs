@@ -6,8 +6,9 @@
 //! the payload being one decision as a row of PostgreSQL's binary `COPY` format (see
 //! [`super::tuple`]; segments of older versions hold the record codec of
 //! [`super::record::codec`] instead, and are still read). Writes go to the one active
-//! segment, which is created at its full size (blocks reserved with `posix_fallocate`, so a full
-//! disk is an error at creation, never a fault later) and mapped into memory: appending a frame
+//! segment, which is created at its full size with every block written (zeros, so a full disk
+//! is an error at creation, never a fault later; a background thread prepares the next one
+//! ahead, as `seg-<seq>.spare`) and mapped into memory: appending a frame
 //! is a copy into the page cache, which outlives a crash of the process just as a `write()`
 //! would, without a system call. The active segment is sealed (unmapped, cut to its used length,
 //! fsync'd and closed) when the next frame does not fit or when the replayer wants it; a crash
@@ -18,7 +19,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -103,20 +103,55 @@ impl Drop for Active {
     }
 }
 
-/// Reserves the blocks of `len` bytes for `file`, so that writes through a mapping cannot fail
-/// for want of space.
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    let len =
-        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: plain system call on an open file descriptor owned by `file`.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        err => Err(io::Error::from_raw_os_error(err)),
-    }
+/// Creates segment file `path` at `cap` bytes, every block written (zeros), so that writes
+/// through the mapping find their blocks allocated (no page ever waits for an allocation, and a
+/// full disk is an error here, never a fault later), then maps it and writes the magic.
+fn prepare_segment(seq: u64, path: PathBuf, cap: u64) -> Result<Active> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let filled = (|| {
+        use std::io::Write;
+        let zeros = vec![0u8; 1 << 20];
+        let mut f = &file;
+        let mut left = cap;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        // SAFETY: the file was just created by this process, which alone writes the spool
+        // directory ("one spool directory belongs to one process"); its blocks are written,
+        // and it is never shortened while mapped (see `Active::close`).
+        unsafe { MmapMut::map_mut(&file) }
+    })();
+    let map = match filled {
+        Ok(m) => m,
+        Err(e) => {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(SpoolError::Io { path, source: e });
+        }
+    };
+    let mut active = Active {
+        seq,
+        path,
+        file,
+        map: Some(map),
+        len: 0,
+        cap,
+    };
+    active.put(MAGIC);
+    Ok(active)
 }
 
 struct Inner {
     active: Option<Active>,
+    /// The next segment, being prepared by a background thread (see [`prepare_segment`]).
+    spare: Option<std::sync::mpsc::Receiver<Result<Active>>>,
     next_seq: u64,
     /// Sealed segments by sequence number, with their size.
     sealed: BTreeMap<u64, u64>,
@@ -147,6 +182,11 @@ pub struct SegmentContents {
 
 fn segment_name(seq: u64) -> String {
     format!("seg-{seq:020}.spool")
+}
+
+/// A segment being prepared ahead, not yet in use.
+fn spare_name(seq: u64) -> String {
+    format!("seg-{seq:020}.spare")
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
@@ -334,6 +374,11 @@ impl Spool {
         let mut total = 0;
         for entry in fs::read_dir(&cfg.dir).map_err(io_err(&cfg.dir))? {
             let entry = entry.map_err(io_err(&cfg.dir))?;
+            if entry.path().extension().is_some_and(|x| x == "spare") {
+                // A segment prepared ahead and never used: it holds no record.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
             let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) else {
                 continue;
             };
@@ -348,6 +393,7 @@ impl Spool {
             cfg,
             inner: Mutex::new(Inner {
                 active: None,
+                spare: None,
                 next_seq,
                 sealed,
                 pending: HashMap::new(),
@@ -519,48 +565,71 @@ impl Spool {
         Ok(seq)
     }
 
-    /// A new active segment with room for at least `needed` bytes: created at its full size,
-    /// its blocks reserved, mapped, the magic written.
+    /// A new active segment with room for at least `needed` bytes: the spare one if it is
+    /// ready and big enough, else one created now. Either way the next spare is started, so
+    /// that segment creation (writing megabytes of zeros) stays off the recording path.
     fn create_segment(&self, inner: &mut Inner, needed: u64) -> Result<Active> {
-        let cap = self.cfg.segment_bytes.max(needed);
+        let spare = inner.spare.take().and_then(|rx| match rx.try_recv() {
+            Ok(Ok(mut a)) if a.cap >= needed => {
+                // It becomes a segment under its final name.
+                let path = self.cfg.dir.join(segment_name(a.seq));
+                match fs::rename(&a.path, &path) {
+                    Ok(()) => {
+                        a.path = path;
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot rename a prepared spool segment");
+                        let _ = a.close();
+                        let _ = fs::remove_file(&a.path);
+                        None
+                    }
+                }
+            }
+            Ok(Ok(mut unfit)) => {
+                let _ = unfit.close();
+                let _ = fs::remove_file(&unfit.path);
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "preparing a spool segment ahead failed");
+                None
+            }
+            // Not ready: waiting would block the recording path. The file it leaves is
+            // deleted at the next start.
+            Err(_) => None,
+        });
+        let active = match spare {
+            Some(a) => a,
+            None => {
+                let (seq, path) = self.reserve_name(inner);
+                prepare_segment(seq, path, self.cfg.segment_bytes.max(needed))?
+            }
+        };
+        let (seq, _) = self.reserve_name(inner);
+        let path = self.cfg.dir.join(spare_name(seq));
+        let cap = self.cfg.segment_bytes;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let started = std::thread::Builder::new()
+            .name("cra-spool-prep".into())
+            .spawn(move || {
+                let _ = tx.send(prepare_segment(seq, path, cap));
+            });
+        if started.is_ok() {
+            inner.spare = Some(rx);
+        }
+        Ok(active)
+    }
+
+    /// The next free segment number and its path.
+    fn reserve_name(&self, inner: &mut Inner) -> (u64, PathBuf) {
         loop {
             let seq = inner.next_seq;
             inner.next_seq += 1;
             let path = self.cfg.dir.join(segment_name(seq));
-            let file = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(SpoolError::Io { path, source: e }),
-            };
-            let mapped = preallocate(&file, cap).and_then(|()| {
-                // SAFETY: the file was just created by this process, which alone writes the
-                // spool directory ("one spool directory belongs to one process"); its blocks
-                // are reserved, and it is never shortened while mapped (see `Active::close`).
-                unsafe { MmapMut::map_mut(&file) }
-            });
-            let map = match mapped {
-                Ok(m) => m,
-                Err(e) => {
-                    drop(file);
-                    let _ = fs::remove_file(&path);
-                    return Err(SpoolError::Io { path, source: e });
-                }
-            };
-            let mut active = Active {
-                seq,
-                path,
-                file,
-                map: Some(map),
-                len: 0,
-                cap,
-            };
-            active.put(MAGIC);
-            return Ok(active);
+            if !path.exists() {
+                return (seq, path);
+            }
         }
     }
 
@@ -678,6 +747,16 @@ mod tests {
         }
     }
 
+    /// Total size of the segment files (not of a spare being prepared).
+    fn segment_bytes_on_disk(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
     fn all_records(s: &Spool) -> Vec<DecisionRecord> {
         s.seal_active();
         s.sealed_segments()
@@ -699,10 +778,7 @@ mod tests {
         let back = all_records(&s);
         let ids: Vec<_> = back.iter().map(|r| r.decision_id).collect();
         assert_eq!(ids, recs.iter().map(|r| r.decision_id).collect::<Vec<_>>());
-        let on_disk: u64 = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum();
+        let on_disk = segment_bytes_on_disk(dir.path());
         assert_eq!(s.bytes(), on_disk);
         for seq in s.sealed_segments() {
             s.remove_segment(seq).unwrap();
@@ -748,9 +824,16 @@ mod tests {
         // The segment is created at its full size, blocks reserved.
         let path = dir.path().join(segment_name(seq));
         assert_eq!(fs::metadata(&path).unwrap().len(), 1 << 20);
-        // A crash: nothing is unmapped, cut or synced by the process.
+        // A crash: nothing is unmapped, cut or synced by the process, and a segment prepared
+        // ahead is left behind.
         std::mem::forget(s);
+        let leftover = dir.path().join(spare_name(99));
+        fs::write(&leftover, [0u8; 4096]).unwrap();
         let s = Spool::open(cfg(dir.path(), 1 << 24, 1 << 20)).unwrap();
+        assert!(
+            !leftover.exists(),
+            "an unused spare segment is deleted at start"
+        );
         let c = s.read_segment(seq).unwrap();
         assert_eq!((c.frames.len(), c.skipped_bytes, c.undecodable), (10, 0, 0));
         assert_eq!(c.frames.as_bytes(), frames.as_bytes());
@@ -762,10 +845,7 @@ mod tests {
         s.seal_active();
         let last = *s.sealed_segments().last().unwrap();
         assert_eq!(s.read_segment(last).unwrap().frames.len(), 3000);
-        let on_disk: u64 = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum();
+        let on_disk = segment_bytes_on_disk(dir.path());
         assert_eq!(
             on_disk,
             s.bytes(),
