@@ -389,7 +389,7 @@ impl Spool {
         let next_seq = sealed.keys().next_back().map_or(1, |s| s + 1);
         // Whatever an earlier run left behind is replayed (idempotently).
         let dirty = sealed.keys().copied().collect();
-        Ok(Spool {
+        let spool = Spool {
             cfg,
             inner: Mutex::new(Inner {
                 active: None,
@@ -400,7 +400,10 @@ impl Spool {
                 dirty,
             }),
             bytes: AtomicU64::new(total),
-        })
+        };
+        // The first segment is prepared now, so the first decision does not wait for it.
+        spool.start_spare(&mut spool.lock());
+        Ok(spool)
     }
 
     pub fn config(&self) -> &SpoolConfig {
@@ -606,6 +609,12 @@ impl Spool {
                 prepare_segment(seq, path, self.cfg.segment_bytes.max(needed))?
             }
         };
+        self.start_spare(inner);
+        Ok(active)
+    }
+
+    /// Starts preparing the next segment on a background thread.
+    fn start_spare(&self, inner: &mut Inner) {
         let (seq, _) = self.reserve_name(inner);
         let path = self.cfg.dir.join(spare_name(seq));
         let cap = self.cfg.segment_bytes;
@@ -618,7 +627,6 @@ impl Spool {
         if started.is_ok() {
             inner.spare = Some(rx);
         }
-        Ok(active)
     }
 
     /// The next free segment number and its path.
@@ -646,6 +654,23 @@ impl Spool {
             if let Err(e) = a.close().and_then(|()| a.file.sync_data()) {
                 tracing::error!(path = %a.path.display(), error = %e, "fsync of a spool segment failed");
             }
+        }
+    }
+
+    /// Seals the active segment if it holds records that must be replayed (records spooled
+    /// while PostgreSQL was down or failing), so the replayer can take it. A segment whose
+    /// records are only journaled stays active until it is full (or shutdown): sealing it early
+    /// would only make the next one be prepared sooner.
+    pub fn seal_active_if_dirty(&self) {
+        let dirty = {
+            let inner = self.lock();
+            inner
+                .active
+                .as_ref()
+                .is_some_and(|a| inner.dirty.contains(&a.seq))
+        };
+        if dirty {
+            self.seal_active();
         }
     }
 
@@ -791,12 +816,14 @@ mod tests {
     fn reopen_finds_segments_and_torn_tail_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let recs: Vec<_> = (0..10).map(sample).collect();
-        {
+        let first = {
             let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
             s.append(&recs, u64::MAX, true).unwrap();
-        }
+            s.seal_active();
+            s.sealed_segments()[0]
+        };
         // Simulate a crash in the middle of writing an 11th record.
-        let seg = dir.path().join(segment_name(1));
+        let seg = dir.path().join(segment_name(first));
         let mut frame = Vec::new();
         encode_frames(&[sample(10)], &mut frame);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
@@ -804,14 +831,17 @@ mod tests {
         drop(f);
 
         let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
-        assert_eq!(s.sealed_segments(), vec![1]);
-        let c = s.read_segment(1).unwrap();
+        assert_eq!(s.sealed_segments(), vec![first]);
+        let c = s.read_segment(first).unwrap();
         assert_eq!(c.frames.len(), 10);
         assert_eq!(c.skipped_bytes, (frame.len() / 2) as u64);
         // New appends go to a new segment, never into the recovered one.
         s.append(&[sample(11)], u64::MAX, false).unwrap();
         s.seal_active();
-        assert_eq!(s.sealed_segments(), vec![1, 2]);
+        let segs = s.sealed_segments();
+        assert_eq!(segs.len(), 2);
+        assert_eq!(segs[0], first);
+        assert_eq!(s.read_segment(segs[1]).unwrap().frames.len(), 1);
     }
 
     #[test]

@@ -784,8 +784,8 @@ async fn replay(
     if shared.spool.is_empty() {
         return Ok(());
     }
-    // Sealing makes the journal's current segment deletable once its records are committed.
-    shared.spool.seal_active();
+    // Records spooled into the active segment are replayed once it is sealed.
+    shared.spool.seal_active_if_dirty();
     for (seq, dirty) in shared.spool.settled_segments() {
         if *shutdown.borrow() {
             break;
