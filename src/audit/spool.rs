@@ -103,6 +103,12 @@ impl Drop for Active {
     }
 }
 
+/// Unmaps and deletes a segment that holds no record.
+fn discard(mut a: Active) {
+    let _ = a.close();
+    let _ = fs::remove_file(&a.path);
+}
+
 /// Creates segment file `path` at `cap` bytes, every block written (zeros), so that writes
 /// through the mapping find their blocks allocated (no page ever waits for an allocation, and a
 /// full disk is an error here, never a fault later), then maps it and writes the magic.
@@ -266,26 +272,34 @@ impl Frames {
         &self.buf
     }
 
-    /// The payload (row) of each frame.
-    pub fn rows(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    /// The byte range of each frame (header included).
+    fn spans(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         let mut pos = 0;
         std::iter::from_fn(move || {
             let rest = self.buf.get(pos..).filter(|r| r.len() >= FRAME_HEADER)?;
             let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-            pos += FRAME_HEADER + len;
-            Some(&rest[FRAME_HEADER..FRAME_HEADER + len])
+            let span = pos..pos + FRAME_HEADER + len;
+            pos = span.end;
+            Some(span)
         })
+    }
+
+    /// The payload (row) of each frame.
+    pub fn rows(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans()
+            .map(|r| &self.buf[r.start + FRAME_HEADER..r.end])
     }
 
     /// Splits into runs of at most `n` frames.
     pub fn chunks(&self, n: usize) -> Vec<Frames> {
         let mut out = Vec::new();
         let mut cur = Frames::default();
-        for row in self.rows() {
+        for span in self.spans() {
             if cur.count == n.max(1) {
                 out.push(std::mem::take(&mut cur));
             }
-            cur.push(|b| b.extend_from_slice(row));
+            cur.buf.extend_from_slice(&self.buf[span]);
+            cur.count += 1;
         }
         if !cur.is_empty() {
             out.push(cur);
@@ -568,41 +582,38 @@ impl Spool {
         Ok(seq)
     }
 
-    /// A new active segment with room for at least `needed` bytes: the spare one if it is
-    /// ready and big enough, else one created now. Either way the next spare is started, so
-    /// that segment creation (writing megabytes of zeros) stays off the recording path.
+    /// A new active segment with room for at least `needed` bytes: the spare one (waiting for
+    /// it if it is not ready yet) if it is big enough, else one created now. Either way the
+    /// next spare is started, so that segment creation (writing megabytes of zeros) stays off
+    /// the recording path whenever it can keep up.
     fn create_segment(&self, inner: &mut Inner, needed: u64) -> Result<Active> {
-        let spare = inner.spare.take().and_then(|rx| match rx.try_recv() {
-            Ok(Ok(mut a)) if a.cap >= needed => {
-                // It becomes a segment under its final name.
-                let path = self.cfg.dir.join(segment_name(a.seq));
-                match fs::rename(&a.path, &path) {
-                    Ok(()) => {
-                        a.path = path;
-                        Some(a)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot rename a prepared spool segment");
-                        let _ = a.close();
-                        let _ = fs::remove_file(&a.path);
-                        None
-                    }
+        let mut ready = None;
+        if let Some(rx) = inner.spare.take() {
+            // If it is still being prepared, waiting for it costs less than making another
+            // here, and keeps segment numbers in the order segments are written.
+            match rx.recv() {
+                Ok(Ok(a)) if a.cap >= needed => ready = Some(a),
+                Ok(Ok(unfit)) => discard(unfit),
+                Ok(Err(e)) => tracing::warn!(error = %e, "preparing a spool segment ahead failed"),
+                Err(_) => {}
+            }
+        }
+        // A spare becomes a segment under its final name.
+        let ready = ready.and_then(|mut a| {
+            let path = self.cfg.dir.join(segment_name(a.seq));
+            match fs::rename(&a.path, &path) {
+                Ok(()) => {
+                    a.path = path;
+                    Some(a)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot rename a prepared spool segment");
+                    discard(a);
+                    None
                 }
             }
-            Ok(Ok(mut unfit)) => {
-                let _ = unfit.close();
-                let _ = fs::remove_file(&unfit.path);
-                None
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "preparing a spool segment ahead failed");
-                None
-            }
-            // Not ready: waiting would block the recording path. The file it leaves is
-            // deleted at the next start.
-            Err(_) => None,
         });
-        let active = match spare {
+        let active = match ready {
             Some(a) => a,
             None => {
                 let (seq, path) = self.reserve_name(inner);

@@ -195,7 +195,7 @@ fn chrono_us(t: &DateTime<Utc>) -> i64 {
 
 /// Writes the name of a proto enum value in snake_case (`EMPLOYMENT_STATUS_SELF_EMPLOYED` →
 /// `self_employed`, `…_UNSPECIFIED` → `unspecified`), or `unknown(<n>)` for a value the contract
-/// does not define. The same spelling as [`super::recorder::enum_name`].
+/// does not define.
 fn enum_text(w: &mut W<'_>, name: Option<&'static str>, prefix: &str, raw: i32) {
     w.with_len(|out| match name {
         Some(n) => out.extend(
