@@ -34,6 +34,7 @@ pub struct Summary {
     pub count: u64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
     pub max_us: f64,
 }
 
@@ -42,6 +43,7 @@ fn summary(h: &Histogram<u64>) -> Summary {
         count: h.len(),
         p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
         p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+        p999_us: h.value_at_quantile(0.999) as f64 / 1e3,
         max_us: h.max() as f64 / 1e3,
     }
 }
@@ -109,6 +111,7 @@ impl Metrics {
                     count = s.count,
                     p50_us = s.p50_us,
                     p99_us = s.p99_us,
+                    p999_us = s.p999_us,
                     max_us = s.max_us,
                     "server latency"
                 );
