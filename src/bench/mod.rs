@@ -526,8 +526,8 @@ fn print_report(r: &Report) {
     );
     let s = &r.server_time_us;
     println!(
-        "  server time µs (processing_time): p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
-        s.p50, s.p95, s.p99, s.max
+        "  handler time µs (processing_time): p50 {:.1}  p95 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        s.p50, s.p95, s.p99, s.p999, s.max
     );
     if let Some(e) = &r.first_error {
         println!("  first error: {e}");
