@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command on a fresh machine: install what the tests need, then run them all:
 #   - buf lint of the contract; kubernetes-validate and hadolint on deploy/;
+#   - tests/pg_cluster.sh: the local PostgreSQL cluster of scripts/pg.sh;
 #   - cargo test: unit tests, and integration tests that start the server in-process on port 0
 #     against a real PostgreSQL (each test creates and drops its own database);
 #   - end-to-end checks of the real `cra` binary with real clients: grpcurl (via reflection) and a
@@ -59,13 +60,17 @@ echo "== deployment files"
 .tools/venv/bin/hadolint deploy/Dockerfile
 echo "deploy/k8s and deploy/Dockerfile: valid"
 
+echo "== scripts/pg.sh, the cluster of the newcomer's machine"
+tests/pg_cluster.sh 2>&1 | tee -a "$LOG"
+
 echo "== cargo test"
-cargo test --locked --all-targets 2>&1 | tee "$LOG"
+cargo test --locked --all-targets 2>&1 | tee -a "$LOG"
 
 echo "== end-to-end: grpcurl and the Python client against target/debug/cra"
 tests/e2e.sh target/debug/cra 2>&1 | tee -a "$LOG"
 
-# cargo test's "test result" lines, grpcurl.sh's "ok:" lines, the Python client's checks.
+# cargo test's "test result" lines, the "ok:" lines of pg_cluster.sh and grpcurl.sh, the Python
+# client's checks.
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^ok: / { p += 1 }
