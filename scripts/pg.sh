@@ -19,7 +19,9 @@
 # `postgresql` package with apt-get (with sudo unless run as root). The package may create and
 # start Debian's own cluster (`main`, port 5432 or the next free one); CRA does not use it.
 # PostgreSQL refuses to run as root: run as root, the cluster belongs to the system user
-# `postgres` (the package's; created if missing), which must be able to reach DIR.
+# `postgres` (the package's; created if missing; another with CRA_PG_OS_USER), which must be able
+# to reach DIR. PG_BINDIR names the folder of the server binaries when they are not Debian's
+# /usr/lib/postgresql/<version>/bin or on PATH.
 set -euo pipefail
 
 die() { echo "pg.sh: $*" >&2; exit 1; }
