@@ -9,22 +9,25 @@
 //! binary against it, with its own spool directory. Then, for `CRA_SOAK_SECONDS`:
 //! - `CRA_SOAK_CLIENTS` tonic clients (one connection each) send unary `Score` calls and keep
 //!   the `decision_id` of every answer with status OK;
-//! - one client sends an application with a 3 KB `application_id` every second (expected:
-//!   `INVALID_ARGUMENT`);
+//! - one client sends an application with a 3 KB `application_id` (random, so incompressible)
+//!   every second (expected: `INVALID_ARGUMENT`);
 //! - another holds `CRA_SOAK_IDLE_STREAMS` `ScoreBatch` streams open and never sends on them
 //!   (reopening any that the server ends);
 //! - half-way through, PostgreSQL is restarted (`pg_ctl restart -m fast`).
 //!
-//! Then it waits (at most `CRA_SOAK_DRAIN_SECONDS`) until every decision answered is stored,
-//! stops the server with SIGTERM and checks: every OK `decision_id` is in `decisions` exactly
-//! once; no valid unary call failed; every over-long id was refused with `INVALID_ARGUMENT`; no
-//! spool segment was quarantined or set aside; the server exited cleanly. It prints the figures
-//! first and fails with every broken promise at once.
+//! Then it waits (at most `CRA_SOAK_DRAIN_SECONDS`, default 120, and no longer than 30 s without
+//! progress) until every decision answered is stored, stops the server with SIGTERM and checks:
+//! every OK `decision_id` is in `decisions` exactly once; no valid unary call failed; every
+//! over-long id was refused with `INVALID_ARGUMENT`; no spool segment was quarantined or set
+//! aside; the server exited cleanly. It prints the figures first and fails with every broken
+//! promise at once.
 //!
-//! More settings: `CRA_SOAK_SERVE_ARGS` (extra `cra serve` arguments, whitespace-separated),
-//! `CRA_SOAK_PG_BIN` (the directory of `initdb` and `pg_ctl`; default: the newest
-//! `/usr/lib/postgresql/<version>/bin`), `CRA_SOAK_PG_USER` (the user PostgreSQL runs as when the
-//! test runs as root, which `initdb` refuses; default `postgres`).
+//! More settings: `CRA_SOAK_LONG_IDS=false` and `CRA_SOAK_PG_RESTART=false` leave out the
+//! over-long ids or the restart (to tell their effects apart); `CRA_SOAK_SERVE_ARGS` (extra
+//! `cra serve` arguments, whitespace-separated); `CRA_SOAK_PG_BIN` (the directory of `initdb` and
+//! `pg_ctl`; default: the newest `/usr/lib/postgresql/<version>/bin`); `CRA_SOAK_PG_USER` (the
+//! user PostgreSQL runs as when the test runs as root, which `initdb` refuses; default
+//! `postgres`).
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -369,6 +372,8 @@ struct Seen {
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the load, stop waiting for the missing decisions once none has arrived for this long.
+const DRAIN_STALL: Duration = Duration::from_secs(30);
 
 fn request(app: CreditApplication) -> tonic::Request<ScoreRequest> {
     let mut r = tonic::Request::new(ScoreRequest {
@@ -422,6 +427,23 @@ async fn unary_client(
     seen.latencies_us.lock().unwrap().extend(lat);
 }
 
+/// `len` random characters of a 64-letter alphabet: PostgreSQL cannot compress them, so such an
+/// id, stored whole, is over the B-tree row limit (2,704 bytes) of an index on it.
+fn incompressible(len: usize) -> String {
+    const LETTERS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut s = String::with_capacity(len + 16);
+    while s.len() < len {
+        s.extend(
+            Uuid::new_v4()
+                .as_bytes()
+                .iter()
+                .map(|b| LETTERS[(b & 63) as usize] as char),
+        );
+    }
+    s.truncate(len);
+    s
+}
+
 async fn long_id_client(
     mut client: CreditRiskServiceClient<Channel>,
     app: CreditApplication,
@@ -433,7 +455,7 @@ async fn long_id_client(
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let mut app = app.clone();
-        app.application_id = format!("{n:08}-{}", "L".repeat(3000));
+        app.application_id = format!("{n:08}-{}", incompressible(3000));
         n += 1;
         match client.score(request(app)).await {
             Ok(_) => seen.long_id.add("Ok"),
@@ -517,6 +539,8 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
     let clients: usize = env_or("CRA_SOAK_CLIENTS", 8);
     let idle_streams: usize = env_or("CRA_SOAK_IDLE_STREAMS", 500);
     let drain_seconds: u64 = env_or("CRA_SOAK_DRAIN_SECONDS", 120);
+    let long_ids: bool = env_or("CRA_SOAK_LONG_IDS", true);
+    let restart_pg: bool = env_or("CRA_SOAK_PG_RESTART", true);
 
     let pg = PgCluster::start();
     let work = tempfile::tempdir().unwrap();
@@ -572,19 +596,21 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
             stop.clone(),
         )));
     }
-    load.push(tokio::spawn(long_id_client(
-        CreditRiskServiceClient::new(server.channel().await.unwrap()),
-        pool[0].clone(),
-        seen.clone(),
-        stop.clone(),
-    )));
+    if long_ids {
+        load.push(tokio::spawn(long_id_client(
+            CreditRiskServiceClient::new(server.channel().await.unwrap()),
+            pool[0].clone(),
+            seen.clone(),
+            stop.clone(),
+        )));
+    }
 
     // Half-way: restart PostgreSQL.
     let run = Duration::from_secs(seconds);
     let mut restarted = None;
     let mut next_report = started + Duration::from_secs(5);
     while started.elapsed() < run {
-        if restarted.is_none() && started.elapsed() >= run / 2 {
+        if restart_pg && restarted.is_none() && started.elapsed() >= run / 2 {
             let before = pg.postmaster_pid();
             let t0 = Instant::now();
             let pg_ref = &pg;
@@ -631,9 +657,17 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
     let drain_started = Instant::now();
     let drain_deadline = drain_started + Duration::from_secs(drain_seconds);
     let mut present = stored(&db, &ok_ids).await.len();
-    while present < ok_ids.len() && Instant::now() < drain_deadline {
+    let mut progress_at = Instant::now();
+    while present < ok_ids.len()
+        && Instant::now() < drain_deadline
+        && progress_at.elapsed() < DRAIN_STALL
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        present = stored(&db, &ok_ids).await.len();
+        let now_present = stored(&db, &ok_ids).await.len();
+        if now_present > present {
+            progress_at = Instant::now();
+        }
+        present = now_present;
     }
     let drained_in = drain_started.elapsed();
     let peak_rss = server.peak_rss_mb();
@@ -729,13 +763,28 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
         &missing[..missing.len().min(3)],
         stored_twice
     );
-    eprintln!("spool directory after exit: {spool_files:?}");
+    eprintln!(
+        "spool directory after exit: {} files, {} bytes; quarantined or set aside: {} files, {} \
+         bytes; e.g. {:?}",
+        spool_files.len(),
+        spool_files.iter().map(|f| f.1).sum::<u64>(),
+        set_aside.len(),
+        set_aside.iter().map(|f| f.1).sum::<u64>(),
+        &spool_files[..spool_files.len().min(4)]
+    );
     eprintln!(
         "server: exit {exit:?}, peak RSS {peak_rss:?} MB; log: {} lines, {} WARN, {} ERROR",
         log.lines().count(),
         log_lines("WARN"),
         log_lines("ERROR")
     );
+    for l in log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(12)
+    {
+        eprintln!("  {}", l.chars().take(400).collect::<String>());
+    }
 
     // The promises.
     let mut broken = Vec::new();
@@ -756,7 +805,11 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
         ));
     }
     if !set_aside.is_empty() {
-        broken.push(format!("spool segments quarantined or set aside: {set_aside:?}"));
+        broken.push(format!(
+            "{} spool segments quarantined or set aside, e.g. {:?}",
+            set_aside.len(),
+            &set_aside[..set_aside.len().min(3)]
+        ));
     }
     if !unary_errors.is_empty() {
         broken.push(format!(
@@ -764,13 +817,14 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
             seen.unary_error_samples.lock().unwrap()
         ));
     }
-    if long_id.is_empty() || long_id.keys().any(|k| k != "InvalidArgument") {
+    if long_ids && (long_id.is_empty() || long_id.keys().any(|k| k != "InvalidArgument")) {
         broken.push(format!(
             "over-long application ids must each get INVALID_ARGUMENT: {long_id:?}"
         ));
     }
     match &restarted {
         Some((before, after)) if before != after && !after.is_empty() => {}
+        _ if !restart_pg => {}
         other => broken.push(format!("PostgreSQL was not restarted: {other:?}")),
     }
     if !exit.is_some_and(|s| s.success()) {
