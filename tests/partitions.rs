@@ -70,12 +70,22 @@ async fn upkeep_moves_rows_of_a_past_month_out_of_the_default_partition() {
     insert_at(&c, 40, "-5 months").await;
     insert_at(&c, 7, "-14 months").await;
     insert_at(&c, 3, "+15 months").await;
-    assert_eq!(default_rows(&c).await, 50, "{:?}", rows_by_partition(&c).await);
+    assert_eq!(
+        default_rows(&c).await,
+        50,
+        "{:?}",
+        rows_by_partition(&c).await
+    );
 
     // The server's start-up and hourly upkeep.
     let created = db::ensure_partitions(&c).await.unwrap();
     assert_eq!(created, 3, "one partition per month that DEFAULT held");
-    assert_eq!(default_rows(&c).await, 0, "{:?}", rows_by_partition(&c).await);
+    assert_eq!(
+        default_rows(&c).await,
+        0,
+        "{:?}",
+        rows_by_partition(&c).await
+    );
     let mut expected = vec![
         (partition_of(&c, "-5 months").await, 40),
         (partition_of(&c, "-14 months").await, 7),
@@ -183,5 +193,10 @@ async fn rows_written_while_the_upkeep_moves_rows_are_all_kept() {
         .unwrap()
         .get(0);
     assert_eq!(total, 20_000 + 2 * 50 * 10);
-    assert_eq!(default_rows(&c).await, 0, "{:?}", rows_by_partition(&c).await);
+    assert_eq!(
+        default_rows(&c).await,
+        0,
+        "{:?}",
+        rows_by_partition(&c).await
+    );
 }

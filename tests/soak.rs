@@ -156,10 +156,15 @@ impl PgCluster {
         };
         pg.run(
             "initdb",
-            pg.command("initdb")
-                .arg("-D")
-                .arg(pg.data())
-                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]),
+            pg.command("initdb").arg("-D").arg(pg.data()).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]),
         );
         let conf = format!(
             "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
@@ -520,7 +525,10 @@ async fn stored(c: &tokio_postgres::Client, ids: &[Uuid]) -> BTreeMap<Uuid, i64>
             )
             .await
             .expect("looking the decisions up");
-        found.extend(rows.iter().map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1))));
+        found.extend(
+            rows.iter()
+                .map(|r| (r.get::<_, Uuid>(0), r.get::<_, i64>(1))),
+        );
     }
     found
 }
@@ -562,7 +570,10 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
     // The idle streams first, over connections of 50 streams each, so they hold what they can
     // before the load starts.
     for c in 0..idle_streams.div_ceil(50) {
-        let ch = server.channel().await.expect("a connection for idle streams");
+        let ch = server
+            .channel()
+            .await
+            .expect("a connection for idle streams");
         for _ in 0..50.min(idle_streams - c * 50) {
             tasks.push(tokio::spawn(idle_stream(
                 CreditRiskServiceClient::new(ch.clone()),
@@ -828,7 +839,9 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
         other => broken.push(format!("PostgreSQL was not restarted: {other:?}")),
     }
     if !exit.is_some_and(|s| s.success()) {
-        broken.push(format!("cra serve did not exit cleanly after SIGTERM: {exit:?}"));
+        broken.push(format!(
+            "cra serve did not exit cleanly after SIGTERM: {exit:?}"
+        ));
     }
     assert!(
         broken.is_empty(),

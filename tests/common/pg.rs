@@ -15,11 +15,11 @@ use std::{
 };
 
 use cra::audit::{db, DatabaseUrl};
-use tokio_postgres::error::SqlState;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
 };
+use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 /// `postgres://user@host:port` of the test server.
