@@ -195,7 +195,8 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<AppliedMigration>> {
         .collect())
 }
 
-/// Creates the monthly partitions from this month to [`PARTITION_MONTHS_AHEAD`] ahead.
+/// Creates the monthly partitions from this month to [`PARTITION_MONTHS_AHEAD`] ahead, then moves
+/// every row of the DEFAULT partition into the partition of its month (migration V3).
 pub async fn ensure_partitions(client: &Client) -> Result<i32> {
     let row = client
         .query_one(

@@ -665,10 +665,31 @@ async fn sigkill_under_load_with_postgres_up_then_restart_keeps_every_decision_a
     let (ids, errors) = load.finish().await;
     assert!(ids.len() > 100, "load ran: {}", ids.len());
     assert!(!errors.is_empty(), "the clients saw the server die");
-    let before = db.occurrences(&ids).await.len();
+    // At the kill, every decision answered is in PostgreSQL or in the journal on disk: the
+    // restart can only recover what one of them holds.
+    let in_db = db.occurrences(&ids).await;
+    let journaled = spooled_ids(&spool);
+    let before = in_db.len();
     eprintln!(
-        "SIGKILL under load: {} decisions answered, {before} in PostgreSQL at the kill",
-        ids.len()
+        "SIGKILL under load: {} decisions answered, {before} in PostgreSQL at the kill, {} in \
+         the journal",
+        ids.len(),
+        journaled.len()
+    );
+    assert!(
+        before > 0,
+        "PostgreSQL was up: decisions were being stored before the kill"
+    );
+    let nowhere: Vec<_> = ids
+        .iter()
+        .filter(|id| !in_db.contains_key(id) && !journaled.contains(id))
+        .collect();
+    assert!(
+        nowhere.is_empty(),
+        "{} decisions answered before the kill are neither in PostgreSQL nor in the journal, \
+         e.g. {:?}",
+        nowhere.len(),
+        &nowhere[..nowhere.len().min(3)]
     );
 
     let mut second = CraProcess::spawn(
@@ -785,4 +806,41 @@ async fn a_stream_waits_while_the_decision_log_is_behind_instead_of_failing() {
         .all(|r| matches!(r.result, Some(Item::Score(_)))));
     assert_eq!(recorder.recorded.load(Ordering::SeqCst), 10);
     drop(tx);
+}
+
+// The database helpers the tests above rely on must fail loudly: a query that fails proves
+// nothing about what reached PostgreSQL.
+
+#[tokio::test]
+async fn counting_in_a_database_never_migrated_gives_zero() {
+    let db = TestDb::create("cra_api_test").await;
+    assert_eq!(db.counts().await, (0, 0));
+    assert!(db.occurrences(&[Uuid::now_v7()]).await.is_empty());
+}
+
+#[tokio::test]
+#[should_panic(expected = "counting the decisions")]
+async fn counting_panics_when_the_query_fails() {
+    let db = TestDb::create("cra_api_test").await;
+    // A `decisions` table the count query cannot read.
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE decisions (id integer)")
+        .await
+        .unwrap();
+    let counts = db.counts().await;
+    eprintln!("a failed count was taken for {counts:?}");
+}
+
+#[tokio::test]
+#[should_panic(expected = "looking the decisions up")]
+async fn looking_decisions_up_panics_when_the_query_fails() {
+    let db = TestDb::create("cra_api_test").await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE decisions (decision_id text)")
+        .await
+        .unwrap();
+    let found = db.occurrences(&[Uuid::now_v7()]).await;
+    eprintln!("a failed look-up was taken for {found:?}");
 }
