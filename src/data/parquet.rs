@@ -834,6 +834,33 @@ mod tests {
     }
 
     #[test]
+    fn a_footer_whose_count_disagrees_with_its_row_groups_is_refused() {
+        use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataReader};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.parquet");
+        write_parquet(&sample(), &p).unwrap();
+        let meta = ParquetMetaDataReader::new()
+            .parse_and_finish(&File::open(&p).unwrap())
+            .unwrap();
+        assert_eq!(declared_rows(&meta), Ok(2));
+        let f = meta.file_metadata();
+        let lying = FileMetaData::new(
+            f.version(),
+            1 << 40,
+            f.created_by().map(str::to_string),
+            f.key_value_metadata().cloned(),
+            f.schema_descr_ptr(),
+            f.column_orders().cloned(),
+        );
+        let meta = ParquetMetaData::new(lying, meta.row_groups().to_vec());
+        let err = declared_rows(&meta).unwrap_err();
+        assert!(
+            err.contains("it declares 1099511627776 rows, its row groups 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn small_batches_read_every_row() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.parquet");

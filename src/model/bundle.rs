@@ -559,7 +559,8 @@ impl ModelBundle {
                 ("the compiled ensemble", native[row]),
                 ("libxgboost", libxgb[row] as f64),
             ] {
-                if !((got - expected).abs() <= CANARY_TOLERANCE) {
+                let off = (got - expected).abs();
+                if off.is_nan() || off > CANARY_TOLERANCE {
                     return Err(BundleError::Canary {
                         dir: self.dir.clone(),
                         row,
@@ -717,22 +718,23 @@ mod tests {
             err.contains("checksums.sha256 is missing") && err.contains("sha256sum"),
             "{err}"
         );
+        let zeros = "0".repeat(64);
         for (text, problem) in [
             (
-                "",
+                String::new(),
                 "no checksum for booster.json, bundle.json, metrics.json",
             ),
-            ("abc  booster.json\n", "line 1 is not `HEX  NAME`"),
+            ("abc  booster.json\n".into(), "line 1 is not `HEX  NAME`"),
             (
-                &format!("{}  other.json\n", "0".repeat(64)),
+                format!("{zeros}  other.json\n"),
                 "which is not a bundle file",
             ),
             (
-                &format!("{0}  booster.json\n{0}  booster.json\n", "0".repeat(64)),
+                format!("{zeros}  booster.json\n{zeros}  booster.json\n"),
                 "booster.json is listed twice",
             ),
         ] {
-            fs::write(&sums, text).unwrap();
+            fs::write(&sums, &text).unwrap();
             let err = load_err(dir.path());
             assert!(err.contains(problem), "{text:?}: {err}");
         }
