@@ -21,6 +21,7 @@ use cra::{
     },
     model::{
         bundle::{ModelBundle, BOOSTER_FILE, METRICS_FILE},
+        metrics::Evaluation,
         split::{sklearn_stratified_split, stratified_split, SplitMethod},
         train::{train, train_file, TrainParams, TrainedModel},
         NUM_FEATURES,
@@ -324,13 +325,92 @@ fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The committed bundle's test-set metrics, recomputed from scratch: the committed data, the
+/// split the manifest records (deterministic), the loaded bundle's compiled trees, and the
+/// project's metrics code.
+fn recomputed_metrics(bundle: &ModelBundle) -> serde_json::Value {
+    let h = &bundle.manifest.hyperparameters;
+    assert_eq!(h["split"], SplitMethod::Sklearn.as_str());
+    let data = read_dataset(repo("data/credit_data.parquet")).unwrap();
+    let split = stratified_split(
+        SplitMethod::Sklearn,
+        &data.labels,
+        h["test_fraction"].parse().unwrap(),
+        h["seed"].parse().unwrap(),
+    )
+    .unwrap();
+    let rows: Vec<_> = split.test.iter().map(|&i| data.rows[i].clone()).collect();
+    let labels: Vec<u8> = split.test.iter().map(|&i| data.labels[i]).collect();
+    let probabilities: Vec<f64> = bundle
+        .score_many(&rows)
+        .iter()
+        .map(|d| d.probability_default)
+        .collect();
+    let eval = Evaluation::compute(
+        &labels,
+        &probabilities,
+        bundle.manifest.thresholds.decision_threshold,
+    )
+    .unwrap();
+    serde_json::to_value(eval).unwrap()
+}
+
+/// Compares the figures stored in metrics.json with recomputed ones: every metric to 1e-9
+/// (the compiled trees agree with libxgboost to 1e-6 per row, and no ranking flips), the
+/// confusion matrix exactly.
+fn compare_metrics(
+    stored: &std::collections::BTreeMap<String, f64>,
+    stored_confusion: &serde_json::Value,
+    recomputed: &serde_json::Value,
+) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    for (key, v) in recomputed.as_object().unwrap() {
+        if key == "confusion_matrix" {
+            if v != stored_confusion {
+                wrong.push(format!(
+                    "confusion_matrix: stored {stored_confusion}, recomputed {v}"
+                ));
+            }
+            continue;
+        }
+        let want = v.as_f64().unwrap();
+        match stored.get(key) {
+            Some(got) if (got - want).abs() <= 1e-9 => {}
+            got => wrong.push(format!("{key}: stored {got:?}, recomputed {want}")),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
 #[test]
-fn committed_default_bundle_meets_the_headline_and_is_reproducible() {
+fn committed_default_bundle_meets_the_headline_and_its_metrics_are_recomputed() {
     let bundle = ModelBundle::load(repo("models/default")).unwrap();
-    let auc = bundle.metrics["auc_roc"];
-    let acc = bundle.metrics["accuracy"];
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo("models/default").join(METRICS_FILE)).unwrap())
+            .unwrap();
+    let recomputed = recomputed_metrics(&bundle);
+    compare_metrics(&bundle.metrics, &stored["confusion_matrix"], &recomputed).unwrap();
+    assert_eq!(stored["num_trees"], bundle.num_trees());
+    assert_eq!(stored["rows"]["test"], 300);
+    // The comparison catches a stored figure that is off in the third decimal.
+    let mut off = bundle.metrics.clone();
+    *off.get_mut("auc_roc").unwrap() += 1e-3;
+    let err = compare_metrics(&off, &stored["confusion_matrix"], &recomputed).unwrap_err();
+    assert!(err.starts_with("auc_roc: stored"), "{err}");
+    // The headline, on the recomputed figures.
+    let auc = recomputed["auc_roc"].as_f64().unwrap();
+    let acc = recomputed["accuracy"].as_f64().unwrap();
     assert!(auc >= 0.88, "AUC {auc}");
     assert!(acc >= 0.78, "accuracy {acc}");
+}
+
+#[test]
+fn committed_default_bundle_is_reproducible() {
+    let bundle = ModelBundle::load(repo("models/default")).unwrap();
     let data_path = repo("data/credit_data.parquet");
     let bytes = std::fs::read(&data_path).unwrap();
     assert_eq!(
@@ -342,7 +422,7 @@ fn committed_default_bundle_meets_the_headline_and_is_reproducible() {
     let regenerated = dir.path().join("d.parquet");
     write_parquet(&small_data(1_000, 42), &regenerated).unwrap();
     assert_eq!(std::fs::read(&regenerated).unwrap(), bytes);
-    // Retraining with the default hyper-parameters gives the committed booster.
+    // Retraining with the default hyper-parameters gives the committed booster and metrics.
     let model = train(
         &read_dataset(&data_path).unwrap(),
         "x",
@@ -356,6 +436,11 @@ fn committed_default_bundle_meets_the_headline_and_is_reproducible() {
         cra::model::bundle::sha256_hex(&model.booster_json),
         bundle.manifest.artifact_sha256
     );
+    let retrained = serde_json::to_value(&model.metrics).unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo("models/default").join(METRICS_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(retrained, stored);
 }
 
 // ---------------------------------------------------------------- sklearn split
@@ -691,4 +776,224 @@ fn train_file_reports_data_errors_and_bad_hyper_parameters() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("test_fraction"), "{err}");
+}
+
+// ---------------------------------------------------------------- a Parquet footer that lies
+
+/// Re-encodes the footer of the Parquet file at `path` with the parquet crate's own metadata
+/// writer so that every row group, and therefore the file, declares `rows` rows; the pages
+/// are left as they are.
+fn claim_rows(path: &Path, rows: i64) {
+    use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter};
+    let bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let footer_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let meta = ParquetMetaDataReader::new()
+        .parse_and_finish(&std::fs::File::open(path).unwrap())
+        .unwrap();
+    let groups = meta
+        .row_groups()
+        .iter()
+        .map(|g| g.clone().into_builder().set_num_rows(rows).build().unwrap())
+        .collect();
+    let meta = ParquetMetaData::new(meta.file_metadata().clone(), groups);
+    let mut out = bytes[..n - 8 - footer_len].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &meta)
+        .finish()
+        .unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_footer_claiming_2_to_the_40_rows_is_a_clear_error_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.parquet");
+    write_parquet(&small_data(300, 3), &path).unwrap();
+    claim_rows(&path, 1 << 40);
+    assert_eq!(DatasetReader::open(&path).unwrap().num_rows(), 1 << 40);
+    let (_, msg) = open_err(&path);
+    assert!(msg.contains("huge.parquet"), "{msg}");
+    assert!(msg.contains("1099511627776"), "{msg}");
+    // `cra train` reads through the same path.
+    let err = train_file(&path, &dir.path().join("bundle"), &quick_params())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1099511627776"), "{err}");
+    assert!(!dir.path().join("bundle").exists());
+}
+
+#[test]
+fn a_footer_with_a_negative_row_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lies.parquet");
+    write_parquet(&small_data(300, 3), &path).unwrap();
+    claim_rows(&path, -5);
+    let (_, msg) = open_err(&path);
+    assert!(msg.contains("row group 0 declares -5 rows"), "{msg}");
+    assert!(msg.contains("lies.parquet"), "{msg}");
+}
+
+// ---------------------------------------------------------------- `cra serve` on a bad bundle
+
+/// Copies the committed bundle into a temporary directory, applies `damage`, and records the
+/// checksums of the result only when `resign` (as an operator "fixing" the bundle would).
+fn damaged_default(damage: impl FnOnce(&Path), resign: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        BOOSTER_FILE,
+        "bundle.json",
+        METRICS_FILE,
+        "checksums.sha256",
+    ] {
+        std::fs::copy(repo("models/default").join(f), dir.path().join(f)).unwrap();
+    }
+    damage(dir.path());
+    if resign {
+        let sums: String = [BOOSTER_FILE, "bundle.json", METRICS_FILE]
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::read(dir.path().join(f)).unwrap();
+                format!("{}  {f}\n", cra::model::bundle::sha256_hex(&bytes))
+            })
+            .collect();
+        std::fs::write(dir.path().join("checksums.sha256"), sums).unwrap();
+    }
+    dir
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// Runs `cra serve --model DIR` (decision log off, any free port) and returns its exit status
+/// and stderr. A server still running after 60 s has not failed its start-up: it is killed and
+/// the test fails.
+fn serve_on(dir: &Path) -> (std::process::ExitStatus, String) {
+    use std::{
+        io::Read,
+        process::{Command, Stdio},
+        time::{Duration, Instant},
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cra"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--audit",
+            "off",
+            "--model",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .env_remove("CRA_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`cra serve` on the bad bundle in {} was still running after 60 s:\n{}",
+                dir.display(),
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap())
+}
+
+#[test]
+fn cra_serve_exits_non_zero_naming_what_is_wrong_with_a_bad_bundle() {
+    type Damage = Box<dyn FnOnce(&Path)>;
+    let cases: Vec<(&str, Damage, bool, &str)> = vec![
+        (
+            "a canary array one longer than the rows",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("bundle.json"), |v| {
+                    v["canary"]["probabilities"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(0.5.into())
+                })
+            }),
+            true,
+            "canary has 64 rows but 65 probabilities",
+        ),
+        (
+            "empty canaries",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("bundle.json"), |v| {
+                    v["canary"]["rows"] = serde_json::json!([]);
+                    v["canary"]["probabilities"] = serde_json::json!([]);
+                })
+            }),
+            true,
+            "canary has 0 rows, at least 8",
+        ),
+        (
+            "tampered thresholds",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("bundle.json"), |v| {
+                    v["thresholds"]["decision_threshold"] = 0.9.into()
+                })
+            }),
+            false,
+            "bundle.json does not match checksums.sha256",
+        ),
+        (
+            "insane thresholds, checksums recorded",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("bundle.json"), |v| {
+                    v["thresholds"]["medium_max"] = 20.0.into()
+                })
+            }),
+            true,
+            "thresholds.low_max is 30 and thresholds.medium_max is 20",
+        ),
+        (
+            "a tampered booster",
+            Box::new(|d: &Path| {
+                let p = d.join(BOOSTER_FILE);
+                let mut bytes = std::fs::read(&p).unwrap();
+                bytes.push(b' ');
+                std::fs::write(&p, bytes).unwrap();
+            }),
+            false,
+            "booster.json does not match checksums.sha256",
+        ),
+        (
+            "no checksum file",
+            Box::new(|d: &Path| std::fs::remove_file(d.join("checksums.sha256")).unwrap()),
+            false,
+            "checksums.sha256 is missing",
+        ),
+    ];
+    for (what, damage, resign, expected) in cases {
+        let dir = damaged_default(damage, resign);
+        let (status, stderr) = serve_on(dir.path());
+        assert!(!status.success(), "{what}: exit {status}\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{what}: no {expected:?} in\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&dir.path().display().to_string()),
+            "{what}: the directory is not named in\n{stderr}"
+        );
+    }
 }

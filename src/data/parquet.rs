@@ -46,6 +46,11 @@ pub const INTEGER_INPUTS: [&str; 8] = [
 /// Default number of rows per decoded batch.
 pub const DEFAULT_BATCH_SIZE: usize = 8192;
 
+/// The most rows reserved up front from the count a file's footer declares; beyond it the
+/// table grows as rows are actually decoded, so a footer that lies cannot make the reader
+/// allocate for rows the file does not hold.
+pub const MAX_RESERVED_ROWS: usize = 1 << 16;
+
 /// Errors reading or writing an application table. Each names the file and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -71,6 +76,8 @@ pub enum DataError {
     },
     #[error("{path} has no rows")]
     Empty { path: PathBuf },
+    #[error("{path} has an inconsistent Parquet footer: {problem}. The file is damaged or was not written by a Parquet writer; write it again")]
+    Footer { path: PathBuf, problem: String },
     #[error("{path}: column {column}, row {row}: unknown value {value:?}; accepted values are {}", .accepted.join(", "))]
     UnknownCategory {
         path: PathBuf,
@@ -258,7 +265,11 @@ impl DatasetReader {
                 columns: mistyped,
             });
         }
-        if builder.metadata().file_metadata().num_rows() == 0 {
+        let num_rows = declared_rows(builder.metadata()).map_err(|problem| DataError::Footer {
+            path: path.clone(),
+            problem,
+        })?;
+        if num_rows == 0 {
             return Err(DataError::Empty { path });
         }
         Ok(DatasetReader {
@@ -276,9 +287,11 @@ impl DatasetReader {
         self
     }
 
-    /// Number of rows the file declares.
+    /// Number of rows the file declares ([`Self::open`] checked that the footer's count is
+    /// not negative and equals the sum of its row groups'; [`Self::read`] checks it against the
+    /// rows actually decoded).
     pub fn num_rows(&self) -> usize {
-        self.builder.metadata().file_metadata().num_rows() as usize
+        declared_rows(self.builder.metadata()).unwrap_or(0)
     }
 
     /// Decodes every row of the projected columns into a [`Dataset`].
@@ -290,7 +303,10 @@ impl DatasetReader {
             indices,
             true_pd_index,
         } = self;
-        let n = builder.metadata().file_metadata().num_rows() as usize;
+        let declared = declared_rows(builder.metadata()).unwrap_or(0);
+        // Reserve for the declared rows only up to a cap: the footer is the file's claim, not
+        // proof, and a claim of 2^40 rows must not abort the process on allocation.
+        let n = declared.min(MAX_RESERVED_ROWS);
         let mut projected: Vec<usize> = indices.clone();
         projected.extend(true_pd_index);
         let mask = ProjectionMask::roots(builder.parquet_schema(), projected.iter().copied());
@@ -312,13 +328,49 @@ impl DatasetReader {
                 path: path.clone(),
                 source: e.into(),
             })?;
+            if out.rows.len() + batch.num_rows() > declared {
+                return Err(DataError::Footer {
+                    path,
+                    problem: format!(
+                        "the file holds more than the {declared} rows its footer declares"
+                    ),
+                });
+            }
             decode_batch(&path, &batch, &mut out)?;
         }
         if out.rows.is_empty() {
             return Err(DataError::Empty { path });
         }
+        if out.rows.len() != declared {
+            return Err(DataError::Footer {
+                path,
+                problem: format!(
+                    "the footer declares {declared} rows, the file holds {}",
+                    out.rows.len()
+                ),
+            });
+        }
         Ok(out)
     }
+}
+
+/// The row count a Parquet footer declares, once it is checked to be consistent: not negative,
+/// and equal to the sum of the row groups' counts.
+fn declared_rows(meta: &parquet::file::metadata::ParquetMetaData) -> Result<usize, String> {
+    let claimed = meta.file_metadata().num_rows();
+    let mut sum: i64 = 0;
+    for (i, g) in meta.row_groups().iter().enumerate() {
+        if g.num_rows() < 0 {
+            return Err(format!("row group {i} declares {} rows", g.num_rows()));
+        }
+        sum = sum
+            .checked_add(g.num_rows())
+            .ok_or_else(|| "the row groups declare more than 2^63 rows".to_string())?;
+    }
+    if claimed != sum {
+        return Err(format!("it declares {claimed} rows, its row groups {sum}"));
+    }
+    usize::try_from(claimed).map_err(|_| format!("it declares {claimed} rows"))
 }
 
 /// Reads a Parquet (or, by extension `.csv`, CSV) file of applications.
@@ -779,6 +831,33 @@ mod tests {
             assert_eq!(back.rows[1].home_ownership, None);
             assert_eq!(back.rows[0], data.rows[0]);
         }
+    }
+
+    #[test]
+    fn a_footer_whose_count_disagrees_with_its_row_groups_is_refused() {
+        use parquet::file::metadata::{FileMetaData, ParquetMetaData, ParquetMetaDataReader};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.parquet");
+        write_parquet(&sample(), &p).unwrap();
+        let meta = ParquetMetaDataReader::new()
+            .parse_and_finish(&File::open(&p).unwrap())
+            .unwrap();
+        assert_eq!(declared_rows(&meta), Ok(2));
+        let f = meta.file_metadata();
+        let lying = FileMetaData::new(
+            f.version(),
+            1 << 40,
+            f.created_by().map(str::to_string),
+            f.key_value_metadata().cloned(),
+            f.schema_descr_ptr(),
+            f.column_orders().cloned(),
+        );
+        let meta = ParquetMetaData::new(lying, meta.row_groups().to_vec());
+        let err = declared_rows(&meta).unwrap_err();
+        assert!(
+            err.contains("it declares 1099511627776 rows, its row groups 2"),
+            "{err}"
+        );
     }
 
     #[test]

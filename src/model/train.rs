@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     bundle::{
-        feature_specs, model_version_for, sha256_hex, xgboost_version_of, BundleError, Canary,
-        Manifest, ModelBundle, Thresholds, BOOSTER_FILE, FORMAT_VERSION, MANIFEST_FILE,
-        METRICS_FILE,
+        checksums_text, feature_specs, model_version_for, sha256_hex, xgboost_version_of,
+        BundleError, Canary, Manifest, ModelBundle, Thresholds, BOOSTER_FILE, CHECKSUMS_FILE,
+        FORMAT_VERSION, MANIFEST_FILE, METRICS_FILE, MIN_CANARY_ROWS,
     },
     metrics::{auc_roc, Evaluation, MetricsError},
     preprocess::{FittedPreprocessor, PreprocessError, PreprocessParams, NUM_FEATURES},
@@ -44,6 +44,8 @@ pub enum TrainError {
     Metrics(#[from] MetricsError),
     #[error("libxgboost: {0}")]
     Xgboost(String),
+    #[error("only {found} test rows have every numeric field; the bundle needs at least {MIN_CANARY_ROWS} such rows as canaries. Use more rows or a larger test_fraction")]
+    TooFewCanaries { found: usize },
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -384,6 +386,11 @@ pub fn train(data: &Dataset, data_sha256: &str, params: &TrainParams) -> Result<
         .filter(|&i| test_rows[i].numerics().iter().all(|v| !v.is_nan()))
         .take(CANARY_ROWS)
         .collect();
+    if canary_idx.len() < MIN_CANARY_ROWS {
+        return Err(TrainError::TooFewCanaries {
+            found: canary_idx.len(),
+        });
+    }
     let thresholds = Thresholds {
         decision_threshold: params.decision_threshold,
         ..Thresholds::default()
@@ -427,16 +434,25 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl TrainedModel {
-    /// Writes `booster.json`, `bundle.json` and `metrics.json` into `dir` (created if needed).
+    /// Writes `booster.json`, `metrics.json`, `checksums.sha256` and `bundle.json` into `dir`
+    /// (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|source| TrainError::Io {
             path: dir.to_owned(),
             source,
         })?;
+        let metrics = to_json(&self.metrics);
+        let manifest = to_json(&self.manifest);
+        let checksums = checksums_text([
+            (BOOSTER_FILE, self.booster_json.as_slice()),
+            (MANIFEST_FILE, manifest.as_slice()),
+            (METRICS_FILE, metrics.as_slice()),
+        ]);
         write_file(dir.join(BOOSTER_FILE), &self.booster_json)?;
-        write_file(dir.join(METRICS_FILE), &to_json(&self.metrics))?;
+        write_file(dir.join(METRICS_FILE), &metrics)?;
+        write_file(dir.join(CHECKSUMS_FILE), checksums.as_bytes())?;
         // The manifest last: a bundle without it is "not found" rather than half-written.
-        write_file(dir.join(MANIFEST_FILE), &to_json(&self.manifest))
+        write_file(dir.join(MANIFEST_FILE), &manifest)
     }
 }
 

@@ -305,10 +305,13 @@ async fn start_up(
         Some(m) => Ok(m),
         None => {
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || ModelBundle::load(&d))
-                .await?
-                .map(Arc::new)
-                .map_err(|source| ServerError::Model { dir, source })
+            // A panicking loader is a failed start-up too, not a server that is never ready.
+            match tokio::task::spawn_blocking(move || ModelBundle::load(&d)).await {
+                Ok(loaded) => loaded
+                    .map(Arc::new)
+                    .map_err(|source| ServerError::Model { dir, source }),
+                Err(e) => Err(ServerError::Task(e)),
+            }
         }
     };
     let bundle = match loaded.and_then(|b| {
