@@ -485,7 +485,10 @@ mod tests {
             assert_eq!(classify_sqlstate(code), want, "{code}");
         }
         assert_eq!(DbError::Timeout(Duration::from_secs(1)).class(), Transient);
-        assert_eq!(DbError::ConnectTimeout(Duration::from_secs(1)).class(), Transient);
+        assert_eq!(
+            DbError::ConnectTimeout(Duration::from_secs(1)).class(),
+            Transient
+        );
         assert_eq!(DbError::ReadOnly.class(), Transient);
         assert_eq!(DbError::ReadOnly.sqlstate(), Some("25006"));
     }

@@ -249,7 +249,9 @@ pub fn encode_view(r: &srv::DecisionRecord<'_>, out: &mut Vec<u8>) {
     w.0.extend_from_slice(&FIELDS.to_be_bytes());
     w.uuid(&r.decision_id);
     w.text(&bounded_id(r.request_id));
-    w.text(&bounded_id(r.input.map_or("", |a| a.application_id.as_str())));
+    w.text(&bounded_id(
+        r.input.map_or("", |a| a.application_id.as_str()),
+    ));
     match r.rpc {
         srv::Rpc::Unary => {
             w.text(Rpc::Unary.as_str());
@@ -684,7 +686,9 @@ mod tests {
         let b = bounded_id(&long);
         assert!(b.len() <= 242, "{}", b.len());
         assert!(b.starts_with(&"a".repeat(199)), "{b}");
-        let hash = b.strip_prefix(&format!("{}…sha256:", "a".repeat(199))).unwrap();
+        let hash = b
+            .strip_prefix(&format!("{}…sha256:", "a".repeat(199)))
+            .unwrap();
         assert_eq!(hash.len(), 32);
         assert!(hash.bytes().all(|c| c.is_ascii_hexdigit()));
         // Two long ids that share their prefix stay apart.

@@ -183,7 +183,11 @@ async fn an_over_long_application_id_is_recorded_bounded_and_blocks_no_other_dec
     handle.shutdown().await.unwrap();
     audit.shutdown().await;
     let (rows, distinct) = db.counts().await;
-    assert_eq!((rows, distinct), (61, 61), "59 scored + 2 refused, each once");
+    assert_eq!(
+        (rows, distinct),
+        (61, 61),
+        "59 scored + 2 refused, each once"
+    );
     assert!(
         quarantined(spool.path()).is_empty(),
         "{:?}",
@@ -318,15 +322,112 @@ async fn a_read_only_database_is_retried_until_every_decision_is_stored() {
     handle.shutdown().await.unwrap();
     audit.shutdown().await;
     let (rows, _) = db.counts().await;
-    assert_eq!(rows as usize, ids.len(), "no decision beyond those answered");
+    assert_eq!(
+        rows as usize,
+        ids.len(),
+        "no decision beyond those answered"
+    );
     assert!(saw_down.load(Ordering::SeqCst));
     let st = audit.stats();
     assert_eq!((st.set_aside, st.lost), (0, 0), "{st:?}");
-    assert!(st.spooled > 0, "the outage was absorbed by the spool: {st:?}");
+    assert!(
+        st.spooled > 0,
+        "the outage was absorbed by the spool: {st:?}"
+    );
     assert!(set_aside_rows(&db).await.is_empty());
     assert!(
         quarantined(spool.path()).is_empty(),
         "{:?}",
         quarantined(spool.path())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_on_a_live_connection_is_retried_not_quarantined() {
+    let db = TestDb::create("cra_api_test").await;
+    let spool = tempfile::tempdir().unwrap();
+    let (mut app, audit) = spawn_audited(db.url(), spool.path(), Duration::from_millis(20)).await;
+    let saw_down = Arc::new(AtomicBool::new(false));
+    let mut status = audit.subscribe().unwrap();
+    let saw = saw_down.clone();
+    tokio::spawn(async move {
+        loop {
+            if !status.borrow_and_update().database_up {
+                saw.store(true, Ordering::SeqCst);
+            }
+            if status.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut ids = Vec::new();
+    let mut apps = random_applications(300, 9).into_iter();
+    ids.extend(send(&mut app, &mut apps, 50).await);
+    db.assert_each_once(&ids, Duration::from_secs(20)).await;
+
+    // New sessions get a 200 ms statement timeout, and another session holds a lock that
+    // blocks inserts but not reads: every COPY is canceled (SQLSTATE 57014) on a connection
+    // that stays open.
+    let admin = db.client().await;
+    let dbname = &db.name;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{dbname}\" SET statement_timeout = '200ms'"
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[dbname],
+        )
+        .await
+        .unwrap();
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("SET LOCAL statement_timeout = 0; LOCK TABLE decisions IN SHARE MODE")
+        .await
+        .unwrap();
+    ids.extend(send(&mut app, &mut apps, 50).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while audit.status().database_up {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never showed the failing writes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        ids.extend(send(&mut app, &mut apps, 25).await);
+        assert!(audit.status().accepting);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    lock.rollback().await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{dbname}\" RESET statement_timeout"
+        ))
+        .await
+        .unwrap();
+    ids.extend(send(&mut app, &mut apps, 50).await);
+    db.assert_each_once(&ids, Duration::from_secs(30)).await;
+    let TestApp { handle, .. } = app;
+    handle.shutdown().await.unwrap();
+    audit.shutdown().await;
+    let (rows, _) = db.counts().await;
+    assert_eq!(
+        rows as usize,
+        ids.len(),
+        "no decision beyond those answered"
+    );
+    assert!(saw_down.load(Ordering::SeqCst));
+    assert!(
+        quarantined(spool.path()).is_empty(),
+        "{:?}",
+        quarantined(spool.path())
+    );
+    let st = audit.stats();
+    assert_eq!((st.set_aside, st.lost), (0, 0), "{st:?}");
+    assert!(set_aside_rows(&db).await.is_empty());
 }
