@@ -45,6 +45,102 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("timed out after {0:?} writing to PostgreSQL")]
     Timeout(Duration),
+    /// The server takes no writes (`transaction_read_only` is on: a standby during a
+    /// failover, or a database set read-only).
+    #[error("PostgreSQL accepts no writes (transaction_read_only is on)")]
+    ReadOnly,
+    /// A refused row could be kept neither in `decisions_set_aside` nor in a file.
+    #[error("cannot keep a refused row aside in {path}: {source}")]
+    SetAsideFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the writer treats a failed write (see [`DbError::class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// PostgreSQL cannot take writes now (connection lost, timeout, shutdown, read-only standby,
+    /// disk full, out of memory, too many connections, serialization failure or deadlock): the
+    /// same rows are retried later, with backoff; they wait in the spool meanwhile.
+    Transient,
+    /// PostgreSQL refuses the rows themselves (a data exception, an integrity violation, a value
+    /// over a limit such as an index entry over 2,704 bytes): retrying cannot help, so the batch
+    /// is split to find the refused rows, which are set aside.
+    Data,
+}
+
+/// The class of a SQLSTATE. Data errors are class 22 (data exception), class 23 (integrity
+/// constraint violation; a duplicate decision, 23505, never gets here: the idempotent path
+/// skips it), class 54 (program limit exceeded, e.g. 54000 "index row size exceeds maximum")
+/// and P0001 (raised by a trigger on a row). Everything else is transient, explicitly class 08
+/// (connection), 25006 (read-only transaction), 40 (serialization failure 40001, deadlock
+/// 40P01), 53 (insufficient resources: disk full 53100, out of memory 53200, too many
+/// connections 53300), 57 (operator intervention: statement timeout 57014, admin shutdown
+/// 57P01, cannot connect now 57P03) and 58 (system I/O errors); an error that says nothing of
+/// the rows (a schema error, class 42, say) is also retried rather than taken as the rows'
+/// fault, so that it stops writes visibly instead of setting every row aside.
+pub fn classify_sqlstate(code: &str) -> ErrorClass {
+    match code.get(..2) {
+        Some("22" | "23" | "54") => ErrorClass::Data,
+        _ if code == "P0001" => ErrorClass::Data,
+        _ => ErrorClass::Transient,
+    }
+}
+
+impl DbError {
+    /// The SQLSTATE PostgreSQL answered with, if it answered.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::Postgres(e) => e.code().map(SqlState::code),
+            DbError::ReadOnly => Some("25006"), // read_only_sql_transaction
+            _ => None,
+        }
+    }
+
+    /// Transient (retry later) or data (the rows are refused); see [`classify_sqlstate`].
+    /// Errors without a SQLSTATE (connection lost, timeouts, I/O) are transient.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DbError::Postgres(e) => e
+                .code()
+                .map_or(ErrorClass::Transient, |c| classify_sqlstate(c.code())),
+            _ => ErrorClass::Transient,
+        }
+    }
+
+    /// A one-line description for the logs: the SQLSTATE and PostgreSQL's message, without its
+    /// DETAIL, which may quote the row (applicant data).
+    pub fn summary(&self) -> String {
+        match self {
+            DbError::Postgres(e) => match e.as_db_error() {
+                Some(d) => format!("SQLSTATE {}: {}", d.code().code(), d.message()),
+                None => e.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
+    /// PostgreSQL's message with its detail and hint, for the `decisions_set_aside` row
+    /// (which holds the applicant data anyway).
+    fn full_message(&self) -> String {
+        match self {
+            DbError::Postgres(e) => match e.as_db_error() {
+                Some(d) => {
+                    let mut m = d.message().to_owned();
+                    for (k, v) in [("DETAIL", d.detail()), ("HINT", d.hint())] {
+                        if let Some(v) = v {
+                            m.push_str(&format!("\n{k}: {v}"));
+                        }
+                    }
+                    m
+                }
+                None => e.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -269,6 +365,44 @@ impl Writer {
         }
     }
 
+    /// Fails with [`DbError::ReadOnly`] when the server takes no writes (a standby, or a
+    /// database set read-only): a connection that answers is not yet one that can write.
+    pub async fn check_writable(&self, timeout: Duration) -> Result<()> {
+        let rows = tokio::time::timeout(
+            timeout,
+            self.client.simple_query("SHOW transaction_read_only"),
+        )
+        .await
+        .map_err(|_| DbError::Timeout(timeout))??;
+        let read_only = rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+            _ => false,
+        });
+        if read_only {
+            return Err(DbError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Keeps one row PostgreSQL refused (`why`) in `decisions_set_aside`; false when it was
+    /// kept there already (a replay of the same row).
+    pub async fn set_aside(&self, row: &[u8], why: &DbError, timeout: Duration) -> Result<bool> {
+        let decision_id = super::tuple::decision_id_of(row);
+        let sqlstate = why.sqlstate().unwrap_or("");
+        let error = super::record::pg_safe(&why.full_message()).into_owned();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&decision_id, &sqlstate, &error, &row];
+        let insert = self.client.execute(
+            "INSERT INTO decisions_set_aside (decision_id, sqlstate, error, row_copy) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &params,
+        );
+        let n = tokio::time::timeout(timeout, insert)
+            .await
+            .map_err(|_| DbError::Timeout(timeout))??;
+        Ok(n == 1)
+    }
+
     /// Writes the rows of `frames`, some of which may be stored already (a spool replay).
     pub async fn write_frames(&mut self, frames: &Frames, timeout: Duration) -> Result<u64> {
         self.write_idempotent(Bytes::from(frames.copy_body()), timeout)
@@ -317,6 +451,47 @@ mod tests {
         assert_eq!(u.dbname().as_deref(), Some("cra"));
         let kv: DatabaseUrl = "host=localhost password=s3cret dbname=cra".parse().unwrap();
         assert!(!format!("{kv:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn sqlstates_are_sorted_into_transient_and_data_errors() {
+        use ErrorClass::{Data, Transient};
+        let cases = [
+            // Transient: the database cannot write now.
+            ("08006", Transient), // connection failure
+            ("08003", Transient), // connection does not exist
+            ("25006", Transient), // read-only transaction (a standby)
+            ("53100", Transient), // disk full
+            ("53200", Transient), // out of memory
+            ("53300", Transient), // too many connections
+            ("40001", Transient), // serialization failure
+            ("40P01", Transient), // deadlock
+            ("57014", Transient), // statement timeout / query canceled
+            ("57P01", Transient), // admin shutdown
+            ("57P03", Transient), // cannot connect now
+            ("58030", Transient), // I/O error
+            ("42P01", Transient), // undefined table: not the rows' fault
+            ("XX000", Transient),
+            // Data: the rows themselves are refused.
+            ("22001", Data), // string data right truncation
+            ("22P03", Data), // invalid binary representation
+            ("22P04", Data), // bad copy file format
+            ("22021", Data), // invalid byte sequence
+            ("23514", Data), // check violation
+            ("23502", Data), // not-null violation
+            ("54000", Data), // program limit exceeded: index row size
+            ("P0001", Data), // raised by a trigger
+        ];
+        for (code, want) in cases {
+            assert_eq!(classify_sqlstate(code), want, "{code}");
+        }
+        assert_eq!(DbError::Timeout(Duration::from_secs(1)).class(), Transient);
+        assert_eq!(
+            DbError::ConnectTimeout(Duration::from_secs(1)).class(),
+            Transient
+        );
+        assert_eq!(DbError::ReadOnly.class(), Transient);
+        assert_eq!(DbError::ReadOnly.sqlstate(), Some("25006"));
     }
 
     #[tokio::test]

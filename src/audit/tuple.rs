@@ -76,6 +76,38 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// The header every binary `COPY` stream starts with (signature, flags, extension length).
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
+/// Longest client-supplied text (`application_id`, `request_id`) recorded as is, in bytes: the
+/// contract's limit for an application id. Longer values are recorded bounded (see
+/// [`bounded_id`]), so that no client can make a row PostgreSQL cannot index
+/// (`decisions_application_id_idx` refuses an entry over 2,704 bytes).
+pub const MAX_RECORDED_ID_BYTES: usize = crate::contract::validate::MAX_APPLICATION_ID_BYTES;
+
+/// Bytes of an over-long id kept before the hash (cut back to a UTF-8 character boundary).
+pub const BOUNDED_ID_PREFIX_BYTES: usize = 200;
+
+/// A client-supplied id as recorded: unchanged up to [`MAX_RECORDED_ID_BYTES`]; beyond, its
+/// first [`BOUNDED_ID_PREFIX_BYTES`] bytes (at a character boundary), then `…sha256:` and the
+/// first 32 hex digits (128 bits) of the SHA-256 of the whole id. At most 242 bytes, so a
+/// bounded id always fits the index, and the hash still tells two long ids apart and lets an
+/// operator find one a client quotes (`application_id LIKE '%…sha256:' ||
+/// left(encode(sha256(convert_to($1, 'UTF8')), 'hex'), 32)`).
+pub fn bounded_id(id: &str) -> Cow<'_, str> {
+    use sha2::{Digest, Sha256};
+    if id.len() <= MAX_RECORDED_ID_BYTES {
+        return Cow::Borrowed(id);
+    }
+    let mut cut = BOUNDED_ID_PREFIX_BYTES;
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    Cow::Owned(format!(
+        "{}…sha256:{}",
+        &id[..cut],
+        &hex::encode(digest)[..32]
+    ))
+}
+
 /// The comma-separated column list, for the `COPY` statements.
 pub fn column_list() -> String {
     COLUMNS
@@ -216,8 +248,10 @@ pub fn encode_view(r: &srv::DecisionRecord<'_>, out: &mut Vec<u8>) {
     let mut w = W(out);
     w.0.extend_from_slice(&FIELDS.to_be_bytes());
     w.uuid(&r.decision_id);
-    w.text(r.request_id);
-    w.text(r.input.map_or("", |a| a.application_id.as_str()));
+    w.text(&bounded_id(r.request_id));
+    w.text(&bounded_id(
+        r.input.map_or("", |a| a.application_id.as_str()),
+    ));
     match r.rpc {
         srv::Rpc::Unary => {
             w.text(Rpc::Unary.as_str());
@@ -326,8 +360,8 @@ pub fn encode(r: &DecisionRecord, out: &mut Vec<u8>) {
     let mut w = W(out);
     w.0.extend_from_slice(&FIELDS.to_be_bytes());
     w.uuid(&r.decision_id);
-    w.text(&r.request_id);
-    w.text(&r.application_id);
+    w.text(&bounded_id(&r.request_id));
+    w.text(&bounded_id(&r.application_id));
     w.text(r.rpc.as_str());
     w.opt_uuid(r.stream_id.as_ref());
     w.opt_i64(r.stream_position);
@@ -455,6 +489,16 @@ impl<'a> R<'a> {
 
 fn required<T>(v: Option<T>, what: &'static str) -> Result<T, DecodeError> {
     v.ok_or(DecodeError::Invalid(what))
+}
+
+/// The decision id of a row (its first field), if the row has one; for setting a row aside.
+pub fn decision_id_of(row: &[u8]) -> Option<Uuid> {
+    let mut r = R(row);
+    let n = i16::from_be_bytes(r.take(2).ok()?.try_into().ok()?);
+    if n != FIELDS {
+        return None;
+    }
+    r.opt_uuid().ok()?
 }
 
 /// Checks that `buf` is exactly one well-formed row of [`FIELDS`] fields (lengths only).
@@ -630,6 +674,38 @@ mod tests {
         buf.push(0);
         assert!(check(&buf).is_err());
         assert!(decode(&buf).is_err());
+    }
+
+    #[test]
+    fn over_long_ids_are_recorded_bounded_and_short_ones_as_is() {
+        assert!(matches!(bounded_id("app-1"), Cow::Borrowed("app-1")));
+        let max = "x".repeat(MAX_RECORDED_ID_BYTES);
+        assert_eq!(bounded_id(&max), max);
+        // A multi-byte character straddles the 200-byte cut: the prefix stops before it.
+        let long = format!("{}é{}", "a".repeat(199), "z".repeat(3000));
+        let b = bounded_id(&long);
+        assert!(b.len() <= 242, "{}", b.len());
+        assert!(b.starts_with(&"a".repeat(199)), "{b}");
+        let hash = b
+            .strip_prefix(&format!("{}…sha256:", "a".repeat(199)))
+            .unwrap();
+        assert_eq!(hash.len(), 32);
+        assert!(hash.bytes().all(|c| c.is_ascii_hexdigit()));
+        // Two long ids that share their prefix stay apart.
+        let other = format!("{}é{}", "a".repeat(199), "y".repeat(3000));
+        assert_ne!(bounded_id(&other), b);
+
+        let mut rec = sample(3);
+        rec.application_id = long.clone();
+        rec.request_id = "r".repeat(5000);
+        let mut buf = Vec::new();
+        encode(&rec, &mut buf);
+        let back = decode(&buf).unwrap();
+        assert_eq!(back.application_id, b);
+        assert_eq!(back.request_id, bounded_id(&rec.request_id));
+        assert!(back.request_id.len() <= 242);
+        assert_eq!(decision_id_of(&buf), Some(rec.decision_id));
+        assert_eq!(decision_id_of(&buf[..10]), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::db::{self, DatabaseUrl, DbError, Writer};
+use super::db::{self, DatabaseUrl, DbError, ErrorClass, Writer};
 use super::record::DecisionRecord;
 use super::spool::{Frames, Spool, SpoolConfig, SpoolError};
 
@@ -43,8 +43,11 @@ pub struct AuditConfig {
     pub connect_timeout: Duration,
     /// A batch write slower than this counts as a failure; the batch is spooled.
     pub write_timeout: Duration,
-    /// How often an unreachable database is retried and the spool replayed.
+    /// How often an unreachable database is retried and the spool replayed; after each
+    /// further failure the wait doubles, up to `retry_max_interval`.
     pub retry_interval: Duration,
+    /// Longest wait between two attempts while PostgreSQL keeps failing transiently.
+    pub retry_max_interval: Duration,
 }
 
 impl AuditConfig {
@@ -63,6 +66,7 @@ impl AuditConfig {
             connect_timeout: Duration::from_secs(3),
             write_timeout: Duration::from_secs(5),
             retry_interval: Duration::from_secs(1),
+            retry_max_interval: Duration::from_secs(30),
         }
     }
 }
@@ -86,7 +90,8 @@ pub enum AuditError {
 pub struct AuditStatus {
     /// New decisions can be recorded (false: the server must answer UNAVAILABLE).
     pub accepting: bool,
-    /// The last contact with PostgreSQL succeeded.
+    /// PostgreSQL takes writes: false from a transient failure (connection lost, read-only
+    /// standby, disk full, timeout…) until a write or a replay succeeds again.
     pub database_up: bool,
 }
 
@@ -107,6 +112,9 @@ pub struct AuditStats {
     pub replayed: u64,
     /// Records that could be neither written nor spooled at shutdown.
     pub lost: u64,
+    /// Rows PostgreSQL refused (a data error), kept in `decisions_set_aside` (or, failing
+    /// that, in a file under `<spool>/set-aside/`) instead of `decisions`.
+    pub set_aside: u64,
 }
 
 #[derive(Default)]
@@ -118,6 +126,7 @@ struct Counters {
     written: AtomicU64,
     replayed: AtomicU64,
     lost: AtomicU64,
+    set_aside: AtomicU64,
 }
 
 struct Shared {
@@ -133,7 +142,20 @@ struct Shared {
     closing: AtomicBool,
     status: watch::Sender<AuditStatus>,
     counters: Counters,
+    /// Rate limit of the warnings about transient database failures.
+    warned: Mutex<WarnLimit>,
 }
+
+/// The last warning about a transient database failure: at most one per
+/// [`TRANSIENT_WARN_EVERY`] for the same SQLSTATE, with a count of those left out.
+#[derive(Default)]
+struct WarnLimit {
+    at: Option<Instant>,
+    sqlstate: Option<String>,
+    suppressed: u64,
+}
+
+const TRANSIENT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Decisions waiting for PostgreSQL: the frames whose journal copy is in the spool, with how
 /// many went to each journal segment, and the frames the journal could not take (a failed
@@ -271,6 +293,7 @@ impl AuditLog {
             closing: AtomicBool::new(false),
             status,
             counters: Counters::default(),
+            warned: Mutex::new(WarnLimit::default()),
             cfg,
         });
         shared.refresh();
@@ -431,6 +454,7 @@ impl AuditLog {
             written: c.written.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
             lost: c.lost.load(Ordering::Relaxed),
+            set_aside: c.set_aside.load(Ordering::Relaxed),
         }
     }
 
@@ -480,6 +504,7 @@ impl AuditLog {
             overflowed = st.overflowed,
             replayed = st.replayed,
             lost = st.lost,
+            set_aside = st.set_aside,
             spool_bytes = run.shared.spool.bytes(),
             "decision log stopped"
         );
@@ -511,11 +536,138 @@ impl Shared {
         });
     }
 
+    /// A transient failure: `database_up` goes false (decisions keep being journaled in the
+    /// spool, replayed with backoff), with a warning naming the SQLSTATE, rate-limited.
     fn mark_db_down(&self, why: &DbError) {
-        if self.db_up.swap(false, Ordering::SeqCst) {
-            tracing::warn!(error = %why, "PostgreSQL write failed: spooling decisions to disk until it is back");
+        let was_up = self.db_up.swap(false, Ordering::SeqCst);
+        let sqlstate = why.sqlstate().map(str::to_owned);
+        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let due = was_up
+            || w.sqlstate != sqlstate
+            || w.at.is_none_or(|t| t.elapsed() >= TRANSIENT_WARN_EVERY);
+        if due {
+            tracing::warn!(
+                sqlstate = sqlstate.as_deref().unwrap_or("-"),
+                error = %why.summary(),
+                similar_failures_not_logged = w.suppressed,
+                "PostgreSQL cannot take writes now: decisions are journaled in the spool and \
+                 retried with backoff until it is back"
+            );
+            *w = WarnLimit {
+                at: Some(Instant::now()),
+                sqlstate,
+                suppressed: 0,
+            };
+        } else {
+            w.suppressed += 1;
         }
+        drop(w);
         self.refresh();
+    }
+
+    /// A write succeeded: PostgreSQL takes writes again.
+    fn mark_db_up(&self) {
+        if !self.db_up.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                "PostgreSQL takes writes again: writing decisions and replaying the spool"
+            );
+            self.refresh();
+        }
+    }
+
+    /// Writes `frames` (never offered before, or a replay). When PostgreSQL refuses rows (a
+    /// [`ErrorClass::Data`] error), the batch is split in halves, recursively down to single
+    /// rows: every row it takes is committed and each row it refuses is set aside (see
+    /// [`Shared::set_aside`]), so one bad row never holds back the others. Returns the rows
+    /// new in `decisions`; an error is transient and means the rows must be retried later
+    /// (some may be stored already: the retry is idempotent).
+    async fn write_or_set_aside(&self, w: &mut Writer, frames: &Frames) -> Result<u64, DbError> {
+        let timeout = self.cfg.write_timeout;
+        let first = match w.write_new(frames, timeout).await {
+            Ok(n) => return Ok(n),
+            Err(e) if e.class() == ErrorClass::Data => e,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(
+            records = frames.len(),
+            sqlstate = first.sqlstate().unwrap_or("-"),
+            error = %first.summary(),
+            "PostgreSQL refuses rows of a decision batch: splitting it to set aside only those"
+        );
+        let mut written = 0;
+        // Runs known to fail (with their error) or not yet tried; the first half on top.
+        let mut todo: Vec<(Frames, Option<DbError>)> = vec![(frames.clone(), Some(first))];
+        while let Some((run, known)) = todo.pop() {
+            let err = match known {
+                Some(e) => e,
+                None => match w.write_new(&run, timeout).await {
+                    Ok(n) => {
+                        written += n;
+                        continue;
+                    }
+                    Err(e) if e.class() == ErrorClass::Data => e,
+                    Err(e) => return Err(e),
+                },
+            };
+            if run.len() <= 1 {
+                if let Some(row) = run.rows().next() {
+                    self.set_aside(w, row, &err).await?;
+                }
+                continue;
+            }
+            let mut halves = run.chunks(run.len().div_ceil(2));
+            while let Some(h) = halves.pop() {
+                todo.push((h, None));
+            }
+        }
+        Ok(written)
+    }
+
+    /// Keeps a row PostgreSQL refused out of `decisions`, without losing it: in
+    /// `decisions_set_aside`, or, when that insert fails too while the connection is up, in a
+    /// file `<spool>/set-aside/<decision_id>-<sqlstate>.copyrow`. Logs the decision id, the
+    /// SQLSTATE and PostgreSQL's message, never the row.
+    async fn set_aside(&self, w: &Writer, row: &[u8], why: &DbError) -> Result<(), DbError> {
+        let id = super::tuple::decision_id_of(row);
+        let id_text = id.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+        let sqlstate = why.sqlstate().unwrap_or("-").to_owned();
+        let kept_in = match w.set_aside(row, why, self.cfg.write_timeout).await {
+            Ok(_) => "the decisions_set_aside table".to_owned(),
+            Err(e) if w.is_closed() || matches!(e, DbError::Timeout(_)) => return Err(e),
+            Err(e) => {
+                let dir = self.cfg.spool_dir.join("set-aside");
+                let path = dir.join(format!(
+                    "{id_text}-{sqlstate}-{}.copyrow",
+                    uuid::Uuid::new_v4().simple()
+                ));
+                let row = row.to_vec();
+                let p = path.clone();
+                let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    use std::io::Write;
+                    std::fs::create_dir_all(&dir)?;
+                    let mut f = std::fs::File::create(&p)?;
+                    f.write_all(&row)?;
+                    f.sync_all()?;
+                    std::fs::File::open(&dir)?.sync_all()
+                })
+                .await
+                .unwrap_or_else(|j| Err(std::io::Error::other(j.to_string())));
+                if let Err(source) = wrote {
+                    return Err(DbError::SetAsideFile { path, source });
+                }
+                tracing::error!(error = %e.summary(), "cannot insert into decisions_set_aside; keeping the refused row in a file instead");
+                path.display().to_string()
+            }
+        };
+        self.counters.set_aside.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            decision_id = %id_text,
+            sqlstate = %sqlstate,
+            error = %why.summary(),
+            kept_in = %kept_in,
+            "PostgreSQL refused a decision row: set aside (the rest of its batch is stored)"
+        );
+        Ok(())
     }
 
     async fn open_writer(&self) -> Result<Writer, DbError> {
@@ -614,21 +766,16 @@ impl Shared {
             }
         }
         let Some(w) = conn.as_mut() else { return false };
-        match w.write_new(batch, self.cfg.write_timeout).await {
+        match self.write_or_set_aside(w, batch).await {
             Ok(n) => {
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
                 true
             }
             Err(e) => {
-                let alive = !w.is_closed() && !matches!(e, DbError::Timeout(_));
+                // Transient (rows refused by PostgreSQL are set aside, not failed): the batch
+                // waits in the spool; the maintenance task retries it with backoff.
                 *conn = None;
-                if alive {
-                    // The server answered with an error: spool the batch (the replayer
-                    // quarantines it if it keeps failing).
-                    tracing::error!(error = %e, records = batch.len(), "PostgreSQL rejected a decision batch; spooling it");
-                } else {
-                    self.mark_db_down(&e);
-                }
+                self.mark_db_down(&e);
                 false
             }
         }
@@ -714,6 +861,9 @@ async fn maintenance(
     let mut tick = tokio::time::interval(shared.cfg.retry_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut partitions_checked = Instant::now();
+    // While PostgreSQL fails transiently, attempts back off: the wait doubles after each
+    // failure, from `retry_interval` up to `retry_max_interval`.
+    let mut backoff = Backoff::new(shared.cfg.retry_interval, shared.cfg.retry_max_interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -722,43 +872,84 @@ async fn maintenance(
         if let Err(e) = shared.spool.sync() {
             tracing::error!(error = %e, "fsync of the spool failed");
         }
+        if !backoff.due() {
+            continue;
+        }
         // (Re)connect and confirm the database answers.
         if conn.as_ref().is_none_or(Writer::is_closed) {
             conn = match maintenance_connect(&shared).await {
                 Ok(w) => Some(w),
                 Err(e) => {
                     shared.mark_db_down(&e);
+                    backoff.failed();
                     continue;
                 }
             };
         }
         let Some(w) = conn.as_mut() else { continue };
         if !shared.db_up.load(Ordering::SeqCst) {
-            let probe = tokio::time::timeout(
-                shared.cfg.connect_timeout,
-                w.client().simple_query("SELECT 1"),
-            )
-            .await;
-            if !matches!(probe, Ok(Ok(_))) {
+            // Answering is not enough: a standby, or a database set read-only, answers too.
+            if let Err(e) = w.check_writable(shared.cfg.connect_timeout).await {
                 conn = None;
+                shared.mark_db_down(&e);
+                backoff.failed();
                 continue;
             }
-            tracing::info!(
-                "PostgreSQL is reachable again: writing decisions and replaying the spool"
-            );
-            shared.db_up.store(true, Ordering::SeqCst);
-            shared.refresh();
         }
         if partitions_checked.elapsed() > Duration::from_secs(3600) {
             partitions_checked = Instant::now();
             if let Err(e) = db::ensure_partitions(w.client()).await {
-                tracing::warn!(error = %e, "creating decision log partitions ahead failed");
+                tracing::warn!(error = %e.summary(), "creating decision log partitions ahead failed");
             }
         }
-        if let Err(e) = replay(&shared, w, &shutdown).await {
-            conn = None;
-            shared.mark_db_down(&e);
+        // The replay is the write probe: `database_up` comes back with its first commit (or
+        // when there was nothing to replay).
+        match replay(&shared, w, &shutdown).await {
+            Ok(()) => {
+                shared.mark_db_up();
+                backoff.succeeded();
+            }
+            Err(e) => {
+                conn = None;
+                shared.mark_db_down(&e);
+                backoff.failed();
+            }
         }
+    }
+}
+
+/// Exponential backoff between attempts while PostgreSQL fails transiently.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    delay: Duration,
+    next: Instant,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max: max.max(first),
+            delay: first,
+            next: Instant::now(),
+        }
+    }
+
+    /// True when the next attempt may be made.
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// An attempt failed: wait `delay` before the next, and double it (capped).
+    fn failed(&mut self) {
+        self.next = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(self.max);
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = self.first;
+        self.next = Instant::now();
     }
 }
 
@@ -810,22 +1001,11 @@ async fn replay(
         let started = Instant::now();
         let mut new_rows = 0;
         for chunk in contents.frames.chunks(shared.cfg.batch_size) {
-            match w.write_new(&chunk, shared.cfg.write_timeout).await {
-                Ok(n) => new_rows += n,
-                Err(e) if !w.is_closed() && !matches!(e, DbError::Timeout(_)) => {
-                    match shared.spool.quarantine_segment(seq) {
-                        Ok(path) => {
-                            tracing::error!(error = %e, segment = %path.display(), "PostgreSQL rejects records of a spool segment; it was moved aside for inspection and is not replayed")
-                        }
-                        Err(qe) => {
-                            tracing::error!(error = %e, quarantine_error = %qe, segment = seq, "PostgreSQL rejects records of a spool segment and it could not be moved aside")
-                        }
-                    }
-                    shared.refresh();
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
+            // Rows PostgreSQL refuses are set aside one by one, the rest committed: a segment
+            // is never kept from deletion by its rows. Only a transient error stops the
+            // replay; the segment is then replayed again (idempotently) on a later attempt.
+            new_rows += shared.write_or_set_aside(w, &chunk).await?;
+            shared.mark_db_up();
         }
         let n = contents.frames.len() as u64;
         shared.counters.replayed.fetch_add(n, Ordering::Relaxed);
@@ -847,4 +1027,26 @@ async fn replay(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets_on_success() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        assert!(b.due());
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            waits.push(b.delay);
+            b.failed();
+            assert!(!b.due());
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 200, 400, 500, 500]);
+        b.succeeded();
+        assert!(b.due());
+        assert_eq!(b.delay, Duration::from_millis(100));
+    }
 }

@@ -3,6 +3,7 @@ mod batch;
 #[path = "../common/mod.rs"]
 mod common;
 mod decision_log;
+mod decision_log_errors;
 mod health;
 mod helpers;
 mod reflection;
