@@ -422,10 +422,11 @@ fn spooled_records_survive_a_crash_and_are_replayed_on_start() {
     let mut accepted = Vec::new();
     for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
-        if let Some(id) = line.strip_prefix("ACCEPTED ") {
-            accepted.push(id.parse::<Uuid>().unwrap());
-        } else if line == "ALL ACCEPTED" {
+        // (The test harness may print its own words before the first line.)
+        if line.ends_with("ALL ACCEPTED") {
             break;
+        } else if let Some((_, id)) = line.split_once("ACCEPTED ") {
+            accepted.push(id.parse::<Uuid>().unwrap());
         }
     }
     assert_eq!(accepted.len(), 3000, "the child accepted every decision");
