@@ -283,6 +283,10 @@ pub struct AuditArgs {
     /// Cap on the spool's size in bytes; when it is full and PostgreSQL is down, scoring is refused.
     #[arg(long, env = "CRA_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
+    /// How often the spool's journal is fsync'd (e.g. 1s, 200ms): a power loss can lose the
+    /// decisions of about this long that were not yet in PostgreSQL.
+    #[arg(long, env = "CRA_SPOOL_FSYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub spool_fsync_interval: std::time::Duration,
     /// Fail at start-up when PostgreSQL is unreachable (default: warn, spool, replay later).
     #[arg(long, env = "CRA_REQUIRE_DATABASE")]
     pub require_database: bool,

@@ -2,6 +2,7 @@
 //! override with `CRA_TEST_PG`). Each test creates its own database and drops it at the end.
 
 use std::collections::HashMap;
+use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -369,66 +370,234 @@ async fn outage_records_keep_being_accepted_and_land_exactly_once() {
     assert_stored_exactly(&db, &records).await;
 }
 
+/// The child process of `spooled_records_survive_a_crash_and_are_replayed_on_start`: records
+/// decisions with PostgreSQL unreachable, prints the id of each one `record()` accepted, then
+/// waits to be killed. Does nothing unless that test runs it.
+#[test]
+fn crash_child_records_then_waits_to_be_killed() {
+    let (Ok(spool), Ok(url)) = (
+        std::env::var("CRA_CRASH_CHILD_SPOOL"),
+        std::env::var("CRA_CRASH_CHILD_URL"),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let log = AuditLog::start(config(url.parse().unwrap(), Path::new(&spool)))
+            .await
+            .unwrap();
+        assert!(!log.status().database_up);
+        let mut out = std::io::stdout().lock();
+        for i in 0..3000 {
+            let r = sample(i);
+            log.record(r.clone()).unwrap();
+            writeln!(out, "ACCEPTED {}", r.decision_id).unwrap();
+        }
+        writeln!(out, "ALL ACCEPTED").unwrap();
+        out.flush().unwrap();
+        drop(out);
+        std::future::pending::<()>().await;
+    });
+}
+
 #[test]
 fn spooled_records_survive_a_crash_and_are_replayed_on_start() {
     let db = TestDb::new("cra_audit_test");
     let spool = tempfile::tempdir().unwrap();
-    let records: Vec<_> = (0..3000).map(sample).collect();
-
-    // Run 1: PostgreSQL unreachable; the runtime is torn down without shutdown() (a crash)
-    // once the writers have spooled everything.
-    {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let url = dead_url(&db).await;
-            let log = AuditLog::start(config(url, spool.path())).await.unwrap();
-            assert!(!log.status().database_up);
-            for r in &records {
-                log.record(r.clone()).unwrap();
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let st = log.stats();
-                if st.spooled + st.overflowed == records.len() as u64 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "not all spooled: {st:?}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        drop(rt);
-    }
-    // The crash also tore the record being written at the end of the last segment.
-    let mut segs: Vec<_> = std::fs::read_dir(spool.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    assert!(!segs.is_empty());
-    let mut frame = Vec::new();
-    cra::audit::spool::encode_frames(&[sample(999_999)], &mut frame);
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(segs.last().unwrap())
-            .unwrap();
-        f.write_all(&frame[..frame.len() - 5]).unwrap();
-    }
-
-    // Run 2: PostgreSQL is there; start-up replays the spool.
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let dead = rt.block_on(dead_url(&db));
+
+    // Run 1, in a child process: PostgreSQL unreachable; 3000 decisions accepted, then the
+    // process is killed (SIGKILL): nothing is flushed, unmapped, cut or synced.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child_records_then_waits_to_be_killed",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("CRA_CRASH_CHILD_SPOOL", spool.path())
+        .env("CRA_CRASH_CHILD_URL", dead.expose())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut accepted = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // (The test harness may print its own words before the first line.)
+        if line.ends_with("ALL ACCEPTED") {
+            break;
+        } else if let Some((_, id)) = line.split_once("ACCEPTED ") {
+            accepted.push(id.parse::<Uuid>().unwrap());
+        }
+    }
+    assert_eq!(accepted.len(), 3000, "the child accepted every decision");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // The killed process was also writing one more frame into its active segment: half of it
+    // is there, right after the last whole frame, followed by the segment's zeroed tail.
+    let mut active = None;
+    for e in std::fs::read_dir(spool.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "spool") {
+            let data = std::fs::read(&p).unwrap();
+            let c = cra::audit::spool::decode_segment(&data);
+            if !c.frames.is_empty() {
+                assert!(active.is_none(), "one segment holds the 3000 records");
+                active = Some((p, data.len(), c));
+            }
+        }
+    }
+    let (seg, size, c) = active.expect("the journal segment is on disk");
+    assert_eq!(
+        (c.frames.len(), c.skipped_bytes, c.torn_bytes),
+        (3000, 0, 0)
+    );
+    let end = 8 + c.frames.as_bytes().len(); // magic + frames
+    let torn = sample(999_999);
+    let mut frame = Vec::new();
+    cra::audit::spool::encode_frames(std::slice::from_ref(&torn), &mut frame);
+    assert!(size > end + frame.len(), "the segment has its zeroed tail");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&frame[..frame.len() / 2], end as u64)
+            .unwrap();
+    }
+    let c = cra::audit::spool::decode_segment(&std::fs::read(&seg).unwrap());
+    assert_eq!(c.frames.len(), 3000);
+    assert!(c.torn_bytes > 0 && !c.is_damaged(), "{c:?}");
+
+    // Run 2: PostgreSQL is there; start-up replays the segment: every accepted decision once,
+    // the torn one not at all, and the segment is deleted, not set aside.
     rt.block_on(async {
         let log = AuditLog::start(config(db.url(), spool.path()))
             .await
             .unwrap();
-        let n = records.len() as i64;
-        assert_eq!(db.wait_for_rows(n, Duration::from_secs(30)).await, (n, n));
+        db.assert_each_once(&accepted, Duration::from_secs(30))
+            .await;
         log.shutdown().await;
-        assert_eq!(log.stats().replayed, records.len() as u64);
+        let st = log.stats();
+        assert_eq!(st.replayed, 3000, "{st:?}");
+        assert_eq!((st.segments_set_aside, st.corrupt_bytes), (0, 0), "{st:?}");
         assert_eq!(log.spool_bytes(), 0, "replayed segments are deleted");
-        assert_stored_exactly(&db, &records).await;
+        assert_eq!(db.counts().await, (3000, 3000));
+        assert!(db.occurrences(&[torn.decision_id]).await.is_empty());
     });
+    let left: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".spool"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_frame_costs_only_itself_and_its_segment_is_set_aside() {
+    let db = TestDb::new("cra_audit_test");
+    let spool = tempfile::tempdir().unwrap();
+    let records: Vec<_> = (0..200).map(sample).collect();
+    // A segment left by an earlier run, in which one frame in the middle is corrupt.
+    let seg = {
+        let s = Spool::open(SpoolConfig {
+            dir: spool.path().to_owned(),
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+        })
+        .unwrap();
+        s.append(&records, u64::MAX, true).unwrap();
+        s.seal_active();
+        let segs = s.sealed_segments();
+        assert_eq!(segs.len(), 1);
+        spool.path().join(format!("seg-{:020}.spool", segs[0]))
+    };
+    let mut data = std::fs::read(&seg).unwrap();
+    let mut before = Vec::new();
+    cra::audit::spool::encode_frames(&records[..100], &mut before);
+    let mut bad = Vec::new();
+    cra::audit::spool::encode_frames(&records[100..101], &mut bad);
+    data[8 + before.len() + 40] ^= 0x5a;
+    std::fs::write(&seg, &data).unwrap();
+
+    let log = AuditLog::start(config(db.url(), spool.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.wait_for_rows(199, Duration::from_secs(30)).await,
+        (199, 199)
+    );
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.replayed, 199, "{st:?}");
+    assert_eq!(st.segments_set_aside, 1, "{st:?}");
+    assert_eq!(st.corrupt_bytes, bad.len() as u64, "{st:?}");
+    let mut kept = records.clone();
+    kept.remove(100);
+    assert_stored_exactly(&db, &kept).await;
+    // Kept for an operator, out of the replay and of the size cap.
+    assert!(!seg.exists());
+    let aside: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(log.spool_bytes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_up_a_decision_the_journal_cannot_take_is_refused() {
+    let db = TestDb::new("cra_audit_test");
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(db.url(), spool.path());
+    cfg.spool_max_bytes = 256 * 1024;
+    cfg.spool_segment_bytes = 64 * 1024;
+    // Nothing leaves the queue before shutdown, so the journal copies stay and fill the spool.
+    cfg.flush_interval = Duration::from_secs(60);
+    cfg.batch_size = 100_000;
+    let log = AuditLog::start(cfg).await.unwrap();
+    assert!(log.status().database_up);
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..10_000 {
+        let r = sample(i);
+        match log.record(r.clone()) {
+            Ok(()) => accepted.push(r),
+            Err(e) => {
+                assert!(matches!(e, AuditError::Unavailable(_)), "{e}");
+                // What a client may see says nothing of the spool's internals.
+                let msg = e.to_string();
+                assert!(!msg.contains("spool") && !msg.contains("bytes"), "{msg}");
+                assert!(!msg.contains(&spool.path().display().to_string()), "{msg}");
+                refused.push(r);
+                if refused.len() == 10 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "the journal was full and PostgreSQL up: decisions must be refused, not queued alone"
+    );
+    assert!(
+        !log.is_healthy(),
+        "readiness reports it: {:?}",
+        log.status()
+    );
+    log.shutdown().await;
+    let st = log.stats();
+    assert_eq!(st.accepted, accepted.len() as u64, "{st:?}");
+    assert_eq!(st.refused, refused.len() as u64, "{st:?}");
+    assert_stored_exactly(&db, &accepted).await;
+    let ids: Vec<_> = refused.iter().map(|r| r.decision_id).collect();
+    assert!(
+        db.occurrences(&ids).await.is_empty(),
+        "refused decisions are not recorded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,19 +615,18 @@ async fn shutdown_without_database_flushes_the_queue_to_the_spool() {
     assert_eq!(log.stats().spooled, 0);
     log.shutdown().await;
     assert_eq!(log.stats().spooled, records.len() as u64);
-    // After shutdown, a late record still goes to disk.
+    // After shutdown the spool is closed (its directory free for the next process): a late
+    // record is refused, not accepted.
     let late = sample(5000);
-    log.record(late.clone()).unwrap();
+    assert!(matches!(log.record(late), Err(AuditError::Unavailable(_))));
 
     let log = AuditLog::start(config(db.url(), spool.path()))
         .await
         .unwrap();
-    let n = records.len() as i64 + 1;
+    let n = records.len() as i64;
     assert_eq!(db.wait_for_rows(n, Duration::from_secs(30)).await, (n, n));
     log.shutdown().await;
-    let mut all = records;
-    all.push(late);
-    assert_stored_exactly(&db, &all).await;
+    assert_stored_exactly(&db, &records).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +635,8 @@ async fn full_spool_without_database_refuses_with_unavailable_and_loses_nothing(
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(dead_url(&db).await, spool.path());
     cfg.spool_max_bytes = 256 * 1024;
-    cfg.spool_segment_bytes = 16 * 1024;
+    // Few segments: the prepared ones are always ready, so the refusal is the full spool's.
+    cfg.spool_segment_bytes = 64 * 1024;
     cfg.queue_capacity = 64;
     cfg.batch_size = 32;
     cfg.pool_size = 1;

@@ -37,6 +37,7 @@ impl AuditConfig {
         cfg.flush_interval = Duration::from_millis(args.audit_flush_interval_ms);
         cfg.queue_capacity = args.audit_queue_capacity;
         cfg.spool_max_bytes = args.spool_max_bytes;
+        cfg.spool_fsync_interval = args.spool_fsync_interval;
         cfg.require_database = args.require_database;
         Some(cfg)
     }

@@ -61,7 +61,9 @@ impl srv::DecisionRecorder for AuditLog {
                 }
                 result
             })
-            .map_err(|e| srv::RecordError(e.to_string()))
+            // The client sees a plain message, never the spool's paths or sizes (those are
+            // logged by the log itself).
+            .map_err(|_| srv::RecordError(super::writer::UNAVAILABLE_MESSAGE.to_owned()))
     }
 
     fn backlogged(&self) -> bool {

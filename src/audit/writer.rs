@@ -6,8 +6,11 @@
 //! each with its own connection, which stream the rows as they are.
 //! A batch that PostgreSQL does not take in time goes to the on-disk spool; a maintenance
 //! task watches the database, replays the spool when it is reachable, and keeps partitions
-//! created ahead. When the queue is full, `record()` appends straight to the spool; when
-//! neither can take a record it returns [`AuditError::Unavailable`].
+//! created ahead. When the queue is full, the record's journal copy stays in the spool, to be
+//! replayed. When the journal cannot take a record (spool full, no prepared segment, a failed
+//! fsync, an oversized record) `record()` returns [`AuditError::Unavailable`]: no decision is
+//! acknowledged without its journal copy. A thread of its own fsyncs the journal every
+//! `spool_fsync_interval`, whatever the database does.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +41,9 @@ pub struct AuditConfig {
     pub spool_max_bytes: u64,
     /// Size at which a spool segment is sealed.
     pub spool_segment_bytes: u64,
+    /// How often the journal is fsync'd: the most a power loss can lose of decisions not yet
+    /// in PostgreSQL.
+    pub spool_fsync_interval: Duration,
     /// Fail start-up when PostgreSQL is unreachable instead of spooling.
     pub require_database: bool,
     pub connect_timeout: Duration,
@@ -62,6 +68,7 @@ impl AuditConfig {
             spool_dir,
             spool_max_bytes: 1 << 30,
             spool_segment_bytes: 16 << 20,
+            spool_fsync_interval: Duration::from_secs(1),
             require_database: false,
             connect_timeout: Duration::from_secs(3),
             write_timeout: Duration::from_secs(5),
@@ -71,11 +78,18 @@ impl AuditConfig {
     }
 }
 
+/// What a client is told when its decision cannot be recorded: nothing of the spool's
+/// internals (the details are logged).
+pub const UNAVAILABLE_MESSAGE: &str =
+    "the decision log cannot record this decision right now; retry later";
+
 /// Failure modes of the decision log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// Neither the queue nor the spool can take the record: the decision must not be made.
-    #[error("the decision log cannot record this decision: {0}")]
+    /// The journal cannot take the record: the decision must not be made. The message
+    /// ([`UNAVAILABLE_MESSAGE`]) is what a client may see; the detail it holds (paths, sizes)
+    /// is for the logs only.
+    #[error("{}", UNAVAILABLE_MESSAGE)]
     Unavailable(String),
     #[error("the decision log cannot start: {0}")]
     Database(#[from] DbError),
@@ -110,11 +124,17 @@ pub struct AuditStats {
     pub written: u64,
     /// Records read back from the spool and committed (new or already present).
     pub replayed: u64,
-    /// Records that could be neither written nor spooled at shutdown.
+    /// Records accepted but then lost. Always 0: every accepted record is in the journal
+    /// first (kept so that checks of it keep their meaning).
     pub lost: u64,
     /// Rows PostgreSQL refused (a data error), kept in `decisions_set_aside` (or, failing
     /// that, in a file under `<spool>/set-aside/`) instead of `decisions`.
     pub set_aside: u64,
+    /// Spool segments set aside (renamed `corrupt-<seq>.spool`) because they held corrupt
+    /// bytes; their valid records were replayed.
+    pub segments_set_aside: u64,
+    /// Corrupt bytes skipped in replayed segments.
+    pub corrupt_bytes: u64,
 }
 
 #[derive(Default)]
@@ -127,6 +147,8 @@ struct Counters {
     replayed: AtomicU64,
     lost: AtomicU64,
     set_aside: AtomicU64,
+    segments_set_aside: AtomicU64,
+    corrupt_bytes: AtomicU64,
 }
 
 struct Shared {
@@ -136,10 +158,13 @@ struct Shared {
     soft_limit: u64,
     db_up: AtomicBool,
     schema_ready: AtomicBool,
-    /// The last spool append failed (full or I/O error); cleared by a success or a replay.
+    /// The last journal append failed; cleared by a success, a replay, or the fsync thread
+    /// once the spool is below 15/16 of `soft_limit` again.
     spool_broken: AtomicBool,
+    /// When a refusal was last logged (ms since `started`), to log at most one a second.
+    refusal_logged_ms: AtomicU64,
+    started: Instant,
     refusing: AtomicBool,
-    closing: AtomicBool,
     status: watch::Sender<AuditStatus>,
     counters: Counters,
     /// Rate limit of the warnings about transient database failures.
@@ -157,31 +182,17 @@ struct WarnLimit {
 
 const TRANSIENT_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Decisions waiting for PostgreSQL: the frames whose journal copy is in the spool, with how
-/// many went to each journal segment, and the frames the journal could not take (a failed
-/// write must spool those).
+/// Decisions waiting for PostgreSQL: their frames, whose journal copy is in the spool, with
+/// how many went to each journal segment.
 #[derive(Default)]
 struct Batch {
     journaled: Frames,
     segs: Vec<(u64, u64)>,
-    loose: Frames,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.journaled.len() + self.loose.len()
-    }
-
-    /// Every row, journaled or not, for one COPY.
-    fn all_frames(&self) -> std::borrow::Cow<'_, Frames> {
-        if self.loose.is_empty() {
-            return std::borrow::Cow::Borrowed(&self.journaled);
-        }
-        let mut f =
-            Frames::with_capacity(self.journaled.as_bytes().len() + self.loose.as_bytes().len());
-        f.extend(&self.journaled);
-        f.extend(&self.loose);
-        std::borrow::Cow::Owned(f)
+        self.journaled.len()
     }
 }
 
@@ -204,6 +215,9 @@ struct Running {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+    /// Stops the fsync thread (dropping it does too).
+    stop_fsync: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    fsync_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Handle to the decision log; cheap to clone. See the module docs.
@@ -246,11 +260,21 @@ impl AuditLog {
                 "pool size, batch size and queue capacity must be at least 1".into(),
             ));
         }
-        let spool = Arc::new(Spool::open(SpoolConfig {
+        if cfg.spool_fsync_interval.is_zero() {
+            return Err(AuditError::Config(
+                "the spool fsync interval must be longer than zero (e.g. 1s)".into(),
+            ));
+        }
+        let spool_cfg = SpoolConfig {
             dir: cfg.spool_dir.clone(),
             max_bytes: cfg.spool_max_bytes,
             segment_bytes: cfg.spool_segment_bytes.max(4096),
-        })?);
+        };
+        // Opening prepares the first segments (megabytes of zeros): off the async threads.
+        let spool = match tokio::task::spawn_blocking(move || Spool::open(spool_cfg)).await {
+            Ok(r) => Arc::new(r?),
+            Err(e) => panic!("spool open task panicked: {e}"),
+        };
         let pending = spool.bytes();
 
         let first = match connect_and_migrate(&cfg).await {
@@ -289,8 +313,9 @@ impl AuditLog {
             db_up: AtomicBool::new(db_up),
             schema_ready: AtomicBool::new(db_up),
             spool_broken: AtomicBool::new(false),
+            refusal_logged_ms: AtomicU64::new(0),
+            started: Instant::now(),
             refusing: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
             status,
             counters: Counters::default(),
             warned: Mutex::new(WarnLimit::default()),
@@ -321,6 +346,12 @@ impl AuditLog {
             first,
             shutdown_rx,
         )));
+        let (stop_fsync, stop_rx) = std::sync::mpsc::channel();
+        let weak = Arc::downgrade(&shared);
+        let fsync_thread = std::thread::Builder::new()
+            .name("cra-spool-fsync".into())
+            .spawn(move || fsync_loop(weak, stop_rx))
+            .map_err(|e| AuditError::Config(format!("cannot start the spool fsync thread: {e}")))?;
 
         Ok(AuditLog {
             inner: Some(Arc::new(Running {
@@ -328,6 +359,8 @@ impl AuditLog {
                 shared,
                 shutdown,
                 tasks: Mutex::new(Some(tasks)),
+                stop_fsync: Mutex::new(Some(stop_fsync)),
+                fsync_thread: Mutex::new(Some(fsync_thread)),
             })),
         })
     }
@@ -347,7 +380,7 @@ impl AuditLog {
 
     /// Records the decisions whose rows `frames` holds, all or none: one journal append, then
     /// the queue if it has room for all of them (else they stay in the spool, to be replayed).
-    /// `Unavailable` means none was recorded.
+    /// `Unavailable` means none was recorded: the journal could not take them.
     pub fn record_frames(&self, frames: &Frames) -> Result<(), AuditError> {
         let Some(run) = &self.inner else {
             return Ok(());
@@ -357,26 +390,23 @@ impl AuditLog {
         }
         let s = &run.shared;
         let n = frames.len() as u64;
-        let seg = match s.spool.journal(frames.as_bytes(), n, s.soft_limit) {
-            Ok(seq) => {
+        let placed = match s.spool.journal(frames, s.soft_limit) {
+            Ok(p) => {
                 if s.spool_broken.load(Ordering::Relaxed) {
                     s.spool_broken.store(false, Ordering::Relaxed);
                     s.refresh();
                 }
-                Some(seq)
+                p
             }
             Err(e) => {
+                // No journal copy, no decision: a crash would lose it.
                 s.spool_broken.store(true, Ordering::Relaxed);
                 s.refresh();
-                if s.refusing.load(Ordering::Relaxed) {
-                    s.counters.refused.fetch_add(n, Ordering::Relaxed);
-                    return Err(AuditError::Unavailable(format!(
-                        "PostgreSQL is down and the spool refused {n} record(s): {e}"
-                    )));
-                }
-                // PostgreSQL is up: record through the queue alone (not crash-safe).
-                tracing::warn!(error = %e, "the spool refused the journal copy of {n} decision(s); recording them through the queue alone");
-                None
+                s.counters.refused.fetch_add(n, Ordering::Relaxed);
+                s.log_refusal(n, &e);
+                return Err(AuditError::Unavailable(format!(
+                    "the spool refused the journal copy of {n} record(s): {e}"
+                )));
             }
         };
         let queued = {
@@ -386,15 +416,12 @@ impl AuditLog {
             } else {
                 let was_empty = q.pending.len() == 0;
                 let b = &mut q.pending;
-                match seg {
-                    Some(seq) => {
-                        b.journaled.extend(frames);
-                        match b.segs.last_mut() {
-                            Some((last, k)) if *last == seq => *k += n,
-                            _ => b.segs.push((seq, n)),
-                        }
+                b.journaled.extend(frames);
+                for (seq, k) in placed.iter() {
+                    match b.segs.last_mut() {
+                        Some((last, m)) if *last == seq => *m += k,
+                        _ => b.segs.push((seq, k)),
                     }
-                    None => b.loose.extend(frames),
                 }
                 if was_empty {
                     run.queue.ready.notify_one();
@@ -402,21 +429,15 @@ impl AuditLog {
                 true
             }
         };
-        if queued {
-            s.counters.accepted.fetch_add(n, Ordering::Relaxed);
-            return Ok(());
-        }
-        if let Some(seq) = seg {
+        if !queued {
             // Queue full (or closed): the journal copy stays in the spool and is replayed.
-            s.spool.resolve(seq, n, false);
-            s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+            for (seq, k) in placed.iter() {
+                s.spool.resolve(seq, k, false);
+            }
             s.counters.overflowed.fetch_add(n, Ordering::Relaxed);
-            return Ok(());
         }
-        s.counters.refused.fetch_add(n, Ordering::Relaxed);
-        Err(AuditError::Unavailable(format!(
-            "the decision log's queue is full and the spool refused {n} record(s)"
-        )))
+        s.counters.accepted.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The current status (readiness: `accepting`).
@@ -455,6 +476,8 @@ impl AuditLog {
             replayed: c.replayed.load(Ordering::Relaxed),
             lost: c.lost.load(Ordering::Relaxed),
             set_aside: c.set_aside.load(Ordering::Relaxed),
+            segments_set_aside: c.segments_set_aside.load(Ordering::Relaxed),
+            corrupt_bytes: c.corrupt_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -473,11 +496,11 @@ impl AuditLog {
         self.inner.as_ref().map_or(0, |r| r.shared.spool.bytes())
     }
 
-    /// Flushes the queue to PostgreSQL or, failing that, to the spool, and stops the
-    /// background tasks. Records passed to `record()` afterwards go to the spool.
+    /// Flushes the queue to PostgreSQL or, failing that, leaves it to the spool, stops the
+    /// background tasks and closes the spool (releasing its directory's lock). Records passed
+    /// to `record()` afterwards are refused with `Unavailable`.
     pub async fn shutdown(&self) {
         let Some(run) = &self.inner else { return };
-        run.shared.closing.store(true, Ordering::SeqCst);
         let _ = run.shutdown.send(true);
         let tasks = run.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
         for t in tasks.into_iter().flatten() {
@@ -485,18 +508,32 @@ impl AuditLog {
                 tracing::error!(error = %e, "a decision log task failed");
             }
         }
-        if let Err(e) = run.shared.spool.sync() {
-            tracing::error!(error = %e, "final fsync of the spool failed");
-        }
-        // Segments whose records are all committed need no replay.
-        run.shared.spool.seal_active();
-        for (seq, dirty) in run.shared.spool.settled_segments() {
-            if !dirty {
-                if let Err(e) = run.shared.spool.remove_segment(seq) {
-                    tracing::warn!(error = %e, segment = seq, "cannot delete a committed journal segment (replaying it is harmless)");
-                }
+        // The final fsync, sealing, deleting what is committed, releasing the directory's
+        // lock: blocking work, off the async threads.
+        let spool = run.shared.spool.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            if let Err(e) = spool.sync() {
+                tracing::error!(error = %e, "final fsync of the spool failed");
             }
+            spool.close();
+        })
+        .await;
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "closing the spool failed");
         }
+        run.stop_fsync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let fsync_thread = run
+            .fsync_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = fsync_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        run.shared.refresh();
         let st = self.stats();
         tracing::info!(
             written = st.written,
@@ -518,12 +555,16 @@ async fn connect_and_migrate(cfg: &AuditConfig) -> Result<Writer, DbError> {
 }
 
 impl Shared {
-    /// Recomputes `refusing` and publishes the status when it changed.
+    /// Recomputes `refusing` and publishes the status when it changed. Decisions are
+    /// accepted only while the journal can take them, whether PostgreSQL is up or not.
     fn refresh(&self) {
         let db_up = self.db_up.load(Ordering::SeqCst);
-        let spool_ok =
-            self.spool.bytes() < self.soft_limit && !self.spool_broken.load(Ordering::SeqCst);
-        let refusing = !db_up && !spool_ok;
+        let spool_ok = self.spool.bytes() < self.soft_limit
+            && !self.spool_broken.load(Ordering::SeqCst)
+            && self.spool.is_healthy()
+            && self.spool.prepare_failure().is_none()
+            && !self.spool.is_closed();
+        let refusing = !spool_ok;
         self.refusing.store(refusing, Ordering::SeqCst);
         let new = AuditStatus {
             accepting: !refusing,
@@ -534,6 +575,39 @@ impl Shared {
             *s = new;
             changed
         });
+    }
+
+    /// Logs a refusal with its detail (paths, sizes: for the logs, never for clients), at
+    /// most once a second, with how many were refused since.
+    fn log_refusal(&self, n: u64, e: &SpoolError) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.refusal_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 1000)
+            && self
+                .refusal_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                error = %e,
+                records = n,
+                refused_total = self.counters.refused.load(Ordering::Relaxed),
+                "the journal cannot take decisions: they are refused (UNAVAILABLE)"
+            );
+        }
+    }
+
+    /// Clears `spool_broken` once the spool has room again (below 15/16 of the soft limit),
+    /// so that readiness comes back without waiting for a decision to succeed.
+    fn recheck_spool(&self) {
+        if self.spool_broken.load(Ordering::SeqCst)
+            && self.spool.bytes() < self.soft_limit - self.soft_limit / 16
+            && self.spool.is_healthy()
+            && self.spool.prepare_failure().is_none()
+        {
+            self.spool_broken.store(false, Ordering::SeqCst);
+        }
+        self.refresh();
     }
 
     /// A transient failure: `database_up` goes false (decisions keep being journaled in the
@@ -675,21 +749,6 @@ impl Shared {
         Writer::new(client).await
     }
 
-    /// Appends frames to the spool, fsync'd, off the async threads.
-    async fn spool_frames(self: &Arc<Self>, frames: Frames) -> (Frames, Result<(), SpoolError>) {
-        let spool = self.spool.clone();
-        let limit = self.cfg.spool_max_bytes;
-        match tokio::task::spawn_blocking(move || {
-            let r = spool.append_frames(frames.as_bytes(), limit, true);
-            (frames, r)
-        })
-        .await
-        {
-            Ok(x) => x,
-            Err(e) => panic!("spool append task panicked: {e}"),
-        }
-    }
-
     /// Journaled records of a batch are resolved: committed, or left to the spool's replay.
     fn resolve(&self, batch: &Batch, committed: bool) {
         for &(seq, n) in &batch.segs {
@@ -697,11 +756,11 @@ impl Shared {
         }
     }
 
-    /// Gets a batch into PostgreSQL or the spool, retrying while neither works (until shutdown).
-    /// Journaled records are in the spool already: when PostgreSQL cannot take them they are
-    /// fsync'd and left there for the replay; only the others are appended.
+    /// Gets a batch into PostgreSQL or leaves it to the spool's replay. Its records are in the
+    /// journal already: when PostgreSQL cannot take them they are fsync'd (a failed fsync makes
+    /// the spool refuse new records until one succeeds) and left there for the replay.
     async fn deliver(self: &Arc<Self>, conn: &mut Option<Writer>, batch: Batch) {
-        if self.write_to_db(conn, &batch.all_frames()).await {
+        if self.write_to_db(conn, &batch.journaled).await {
             self.resolve(&batch, true);
             return;
         }
@@ -711,7 +770,8 @@ impl Shared {
             let synced = tokio::task::spawn_blocking(move || spool.sync()).await;
             if !matches!(synced, Ok(Ok(()))) {
                 tracing::error!(
-                    "fsync of the spool failed; journaled decisions wait in the page cache"
+                    "fsync of the spool failed; journaled decisions wait in the page cache, \
+                     and no new decision is taken until an fsync succeeds"
                 );
             }
             self.resolve(&batch, false);
@@ -719,34 +779,6 @@ impl Shared {
                 .spooled
                 .fetch_add(in_journal, Ordering::Relaxed);
             self.refresh();
-        }
-        let mut rest = batch.loose;
-        while !rest.is_empty() {
-            let n = rest.len() as u64;
-            let (f, res) = self.spool_frames(rest).await;
-            rest = f;
-            match res {
-                Ok(()) => {
-                    self.spool_broken.store(false, Ordering::SeqCst);
-                    self.counters.spooled.fetch_add(n, Ordering::Relaxed);
-                    self.refresh();
-                    return;
-                }
-                Err(e) => {
-                    self.spool_broken.store(true, Ordering::SeqCst);
-                    self.refresh();
-                    if self.closing.load(Ordering::SeqCst) {
-                        tracing::error!(error = %e, records = n, "shutting down with PostgreSQL and the spool both failing: these decisions are lost");
-                        self.counters.lost.fetch_add(n, Ordering::Relaxed);
-                        return;
-                    }
-                    tracing::error!(error = %e, records = n, "cannot spool a decision batch; retrying");
-                    tokio::time::sleep(self.cfg.retry_interval).await;
-                    if self.write_to_db(conn, &rest).await {
-                        return;
-                    }
-                }
-            }
         }
     }
 
@@ -851,8 +883,9 @@ async fn worker(shared: Arc<Shared>, batches: Arc<tokio::sync::Mutex<mpsc::Recei
     }
 }
 
-/// Watches the database, applies migrations once it is reachable, replays the spool, keeps
-/// partitions created ahead, and fsyncs single-record spool appends.
+/// Watches the database, applies migrations once it is reachable, replays the spool, and
+/// keeps partitions created ahead. (The journal's fsync has a thread of its own, [`fsync_loop`],
+/// so that it never waits behind a long replay.)
 async fn maintenance(
     shared: Arc<Shared>,
     mut conn: Option<Writer>,
@@ -868,9 +901,6 @@ async fn maintenance(
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => break,
-        }
-        if let Err(e) = shared.spool.sync() {
-            tracing::error!(error = %e, "fsync of the spool failed");
         }
         if !backoff.due() {
             continue;
@@ -953,6 +983,29 @@ impl Backoff {
     }
 }
 
+/// fsyncs the journal every `spool_fsync_interval`, on a thread of its own (never behind a
+/// replay, never on an async worker), and keeps the status up to date: a failed fsync makes the
+/// log refuse decisions until a later one succeeds. Ends when the log is dropped or shut down.
+fn fsync_loop(shared: std::sync::Weak<Shared>, stop: std::sync::mpsc::Receiver<()>) {
+    let Some(interval) = shared.upgrade().map(|s| s.cfg.spool_fsync_interval) else {
+        return;
+    };
+    let mut failing = false;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let Some(s) = shared.upgrade() else { break };
+        match s.spool.sync() {
+            Ok(()) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "fsync of the spool failed: decisions are refused (UNAVAILABLE, readiness NOT_SERVING) until an fsync succeeds");
+                }
+                failing = true;
+            }
+        }
+        s.recheck_spool();
+    }
+}
+
 async fn maintenance_connect(shared: &Shared) -> Result<Writer, DbError> {
     let mut client = db::connect(&shared.cfg.database_url, shared.cfg.connect_timeout).await?;
     if !shared.schema_ready.load(Ordering::SeqCst) {
@@ -1014,7 +1067,10 @@ async fn replay(
             .written
             .fetch_add(new_rows, Ordering::Relaxed);
         shared.spool_broken.store(false, Ordering::SeqCst);
-        if let Err(e) = shared.spool.remove_segment(seq) {
+        if contents.is_damaged() {
+            // Corrupt bytes: the valid records are committed; the segment is kept, never deleted.
+            set_aside(shared, seq, &contents);
+        } else if let Err(e) = shared.spool.remove_segment(seq) {
             tracing::error!(error = %e, segment = seq, "cannot delete a replayed spool segment (replaying it again is harmless)");
         }
         shared.refresh();
@@ -1029,9 +1085,123 @@ async fn replay(
     Ok(())
 }
 
+/// Sets aside a replayed segment with corrupt bytes (renamed `corrupt-<seq>.spool`), counted
+/// and logged.
+fn set_aside(shared: &Shared, seq: u64, contents: &super::spool::SegmentContents) {
+    let c = &shared.counters;
+    c.segments_set_aside.fetch_add(1, Ordering::Relaxed);
+    c.corrupt_bytes
+        .fetch_add(contents.skipped_bytes, Ordering::Relaxed);
+    match shared.spool.set_aside_segment(seq) {
+        Ok(path) => tracing::error!(
+            segment = %path.display(),
+            skipped_bytes = contents.skipped_bytes,
+            undecodable = contents.undecodable,
+            records = contents.frames.len(),
+            "a spool segment held corrupt bytes: its valid records are replayed, and it was set aside for inspection"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            segment = seq,
+            "a spool segment held corrupt bytes and could not be set aside; it will be replayed again"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::audit::record::tests::sample;
+
+    fn config(url: &str, dir: &Path) -> AuditConfig {
+        let mut c = AuditConfig::new(url.parse().unwrap(), dir.to_owned());
+        c.connect_timeout = Duration::from_millis(500);
+        c.retry_interval = Duration::from_millis(100);
+        c.spool_fsync_interval = Duration::from_millis(20);
+        c.spool_segment_bytes = 1 << 16;
+        c
+    }
+
+    /// Nothing listens there: PostgreSQL is down, decisions are spooled.
+    const DEAD: &str = "postgres://postgres@127.0.0.1:1/cra_none";
+
+    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn spool(log: &AuditLog) -> Arc<Spool> {
+        log.inner.as_ref().unwrap().shared.spool.clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_stops_new_decisions_until_an_fsync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::start(config(DEAD, dir.path())).await.unwrap();
+        log.record(sample(0)).unwrap();
+        assert!(log.status().accepting);
+        spool(&log).fail_fsyncs(true);
+        wait_until("readiness is NOT_SERVING", || !log.status().accepting).await;
+        let err = log.record(sample(1)).unwrap_err();
+        assert!(matches!(err, AuditError::Unavailable(_)), "{err}");
+        assert_eq!(log.stats().refused, 1);
+        // The fsync thread re-checks: once an fsync works, decisions are taken again.
+        spool(&log).fail_fsyncs(false);
+        wait_until("readiness is SERVING again", || log.status().accepting).await;
+        log.record(sample(2)).unwrap();
+        assert_eq!(log.stats().accepted, 2);
+        log.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_fsync_tick_does_not_wait_for_the_maintenance_task() {
+        // A "database" that accepts connections and never answers: every connection attempt
+        // of the maintenance task takes its whole timeout.
+        let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "postgres://postgres@{}/cra_none",
+            hole.local_addr().unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&url, dir.path());
+        cfg.connect_timeout = Duration::from_secs(5);
+        let log = AuditLog::start(cfg).await.unwrap();
+        log.record(sample(0)).unwrap();
+        // The maintenance task is now stuck in a 5 s connection attempt; the journal is
+        // fsync'd every 20 ms all the same.
+        let before = spool(&log).fsync_count();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let during = spool(&log).fsync_count() - before;
+        assert!(during >= 5, "only {during} fsync(s) in 2 s");
+        drop(hole);
+        log.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_shutdown_decisions_are_refused_and_the_directory_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::start(config(DEAD, dir.path())).await.unwrap();
+        // While it runs, the directory is locked.
+        let err = AuditLog::start(config(DEAD, dir.path())).await.unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        log.record(sample(0)).unwrap();
+        log.shutdown().await;
+        assert!(matches!(
+            log.record(sample(1)),
+            Err(AuditError::Unavailable(_))
+        ));
+        assert!(!log.status().accepting);
+        let again = AuditLog::start(config(DEAD, dir.path())).await.unwrap();
+        again.shutdown().await;
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets_on_success() {

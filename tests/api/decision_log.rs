@@ -34,12 +34,22 @@ use crate::helpers::{config, spawn_app_with, TestApp};
 
 /// The in-process server with a decision log writing to `url`, readiness following the log.
 async fn spawn_audited(url: DatabaseUrl, spool: &Path) -> (TestApp, AuditLog) {
+    spawn_audited_with(url, spool, |_| {}).await
+}
+
+/// [`spawn_audited`], with the log's configuration adjusted by `adjust`.
+async fn spawn_audited_with(
+    url: DatabaseUrl,
+    spool: &Path,
+    adjust: impl FnOnce(&mut AuditConfig),
+) -> (TestApp, AuditLog) {
     let mut cfg = AuditConfig::new(url, spool.to_owned());
     cfg.flush_interval = Duration::from_millis(20);
     cfg.connect_timeout = Duration::from_secs(1);
     cfg.write_timeout = Duration::from_secs(2);
     cfg.retry_interval = Duration::from_millis(200);
     cfg.batch_size = 500;
+    adjust(&mut cfg);
     let audit = AuditLog::start(cfg).await.expect("decision log starts");
     let recorder = audit.clone();
     let app = spawn_app_with(config(), move |b| b.recorder(Arc::new(recorder))).await;
@@ -843,4 +853,42 @@ async fn looking_decisions_up_panics_when_the_query_fails() {
         .unwrap();
     let found = db.occurrences(&[Uuid::now_v7()]).await;
     eprintln!("a failed look-up was taken for {found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_the_log_refuses_tells_the_client_nothing_of_the_spool() {
+    let db = TestDb::new("cra_api_test");
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool-dir-of-this-test");
+    let proxy = Proxy::start(false).await; // PostgreSQL unreachable: the spool fills
+    let (mut app, audit) = spawn_audited_with(db.url_via(proxy.addr), &spool, |cfg| {
+        cfg.spool_max_bytes = 64 * 1024;
+    })
+    .await;
+    let apps = random_applications(2000, 11);
+    let mut refused = None;
+    for a in apps {
+        if let Err(status) = app
+            .client
+            .score(ScoreRequest {
+                application: Some(a),
+            })
+            .await
+        {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("the full spool refuses a decision");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let msg = status.message();
+    assert!(msg.contains("retry later"), "{msg}");
+    for internal in ["spool", "bytes", "limit", &spool.display().to_string()] {
+        assert!(
+            !msg.contains(internal),
+            "{internal:?} in the client's message: {msg}"
+        );
+    }
+    assert!(audit.stats().refused >= 1);
+    audit.shutdown().await;
 }
