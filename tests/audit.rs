@@ -199,7 +199,11 @@ async fn migrations_are_idempotent_and_partitions_exist() {
     let mut c = db.client().await; // creates the database
     let first = db::migrate(&mut c).await.unwrap();
     let names: Vec<&str> = first.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["decisions", "brin_time_index"], "{first:?}");
+    assert_eq!(
+        names,
+        ["decisions", "brin_time_index", "decisions_set_aside"],
+        "{first:?}"
+    );
     let indexes: Vec<String> = c
         .query(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'decisions' ORDER BY 1",
