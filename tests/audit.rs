@@ -202,7 +202,12 @@ async fn migrations_are_idempotent_and_partitions_exist() {
     let names: Vec<&str> = first.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        ["decisions", "brin_time_index", "default_partition_upkeep"],
+        [
+            "decisions",
+            "brin_time_index",
+            "default_partition_upkeep",
+            "decisions_set_aside"
+        ],
         "{first:?}"
     );
     let indexes: Vec<String> = c
