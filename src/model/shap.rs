@@ -574,6 +574,7 @@ mod tests {
         let nf = e.num_features();
         let ours = our_contribs(shap, m);
         let (diff, row, col) = worst(&ours, &xgboost_contribs(json, m, nf), nf);
+        println!("{what}: largest difference from libxgboost {diff:.2e}");
         assert!(
             diff <= TOLERANCE,
             "{what}: row {row} value {col} differs from libxgboost by {diff:e}"
