@@ -152,6 +152,27 @@ pub struct Ensemble {
     complete: Option<Complete>,
     base_margin: f32,
     num_features: usize,
+    /// Every node's cover (XGBoost's `sum_hessian`), indexed like `nodes`, or why there are
+    /// none. Only explanations need them; the walk does not.
+    covers: Result<Vec<f32>, String>,
+}
+
+/// One node of a tree as the booster wrote it, with children indexed within its tree
+/// (see [`Ensemble::tree_nodes`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TreeNode {
+    Split {
+        feature: u32,
+        /// `x < threshold` goes left.
+        threshold: f32,
+        /// Where a missing (NaN) value goes.
+        default_left: bool,
+        left: u32,
+        right: u32,
+    },
+    Leaf {
+        value: f32,
+    },
 }
 
 /// Parses a number that XGBoost may write as a JSON number, a string, or a one-element
@@ -224,6 +245,7 @@ impl Ensemble {
             .ok_or_else(|| fmt_err("no trees"))?;
         let mut nodes = Vec::new();
         let mut roots = Vec::with_capacity(trees.len());
+        let mut covers = Ok(Vec::new());
         for (t, tree) in trees.iter().enumerate() {
             let left = array(tree, "left_children")?;
             let right = array(tree, "right_children")?;
@@ -247,6 +269,12 @@ impl Ensemble {
             }
             let offset = nodes.len() as u32;
             roots.push(offset);
+            if let Ok(all) = &mut covers {
+                match read_covers(tree, n) {
+                    Ok(c) => all.extend(c),
+                    Err(why) => covers = Err(format!("tree {t}: {why}")),
+                }
+            }
             for i in 0..n {
                 let l = left[i].as_i64().ok_or_else(|| fmt_err("bad left child"))?;
                 let r = right[i]
@@ -304,7 +332,49 @@ impl Ensemble {
             complete,
             base_margin,
             num_features,
+            covers,
         })
+    }
+
+    /// The nodes of tree `t` (< [`Self::num_trees`]) in the booster's order, root first.
+    pub fn tree_nodes(&self, t: usize) -> impl ExactSizeIterator<Item = TreeNode> + '_ {
+        let start = self.roots[t] as usize;
+        let end = self
+            .roots
+            .get(t + 1)
+            .map_or(self.nodes.len(), |&r| r as usize);
+        self.nodes[start..end].iter().map(move |n| {
+            if n.feature == LEAF {
+                TreeNode::Leaf { value: n.value }
+            } else {
+                TreeNode::Split {
+                    feature: n.feature,
+                    threshold: n.value,
+                    default_left: n.default_left,
+                    left: n.left - start as u32,
+                    right: n.right - start as u32,
+                }
+            }
+        })
+    }
+
+    /// The covers (XGBoost's `sum_hessian`) of tree `t`'s nodes, in the order of
+    /// [`Self::tree_nodes`], or why the booster has none (older bundles may lack them).
+    pub fn tree_covers(&self, t: usize) -> Result<&[f32], &str> {
+        let start = self.roots[t] as usize;
+        let end = self
+            .roots
+            .get(t + 1)
+            .map_or(self.nodes.len(), |&r| r as usize);
+        match &self.covers {
+            Ok(c) => Ok(&c[start..end]),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// The base margin (log-odds) every row starts from.
+    pub fn base_margin(&self) -> f32 {
+        self.base_margin
     }
 
     /// Depth of the deepest tree (a lone leaf has depth 0).
@@ -530,6 +600,21 @@ impl Ensemble {
             }
         }
     }
+}
+
+/// A tree's optional `sum_hessian` array: `n` numbers, or why it cannot be used.
+fn read_covers(tree: &Value, n: usize) -> Result<Vec<f32>, String> {
+    let Some(v) = tree.get("sum_hessian") else {
+        return Err("the booster has no node covers (`sum_hessian`)".into());
+    };
+    let a = v
+        .as_array()
+        .filter(|a| a.len() == n)
+        .ok_or_else(|| format!("`sum_hessian` is not an array of {n} numbers"))?;
+    a.iter()
+        .map(|c| loose_f64(c).map(|c| c as f32))
+        .collect::<Option<Vec<f32>>>()
+        .ok_or_else(|| "`sum_hessian` holds a value that is not a number".into())
 }
 
 /// Depth of the tree rooted at `root` (a lone leaf has depth 0), or `None` when some node is

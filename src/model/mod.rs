@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod ensemble;
 pub mod metrics;
 pub mod preprocess;
+pub mod shap;
 pub mod split;
 pub mod train;
 
