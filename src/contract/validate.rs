@@ -386,7 +386,10 @@ mod tests {
             ..example()
         };
         let v = validate(&a).unwrap_err();
-        assert!(v[0].description.ends_with("got -1.7976931348623157e308"), "{v:?}");
+        assert!(
+            v[0].description.ends_with("got -1.7976931348623157e308"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -92,11 +92,7 @@ impl MessageLimits {
                 Some(self.batch_items),
             )
         } else {
-            let method = if path == SCORE_PATH {
-                "Score"
-            } else {
-                "unary"
-            };
+            let method = if path == SCORE_PATH { "Score" } else { "unary" };
             FrameScanner::new(
                 method,
                 self.unary_message_bytes,
@@ -468,8 +464,12 @@ mod tests {
         scan_in_chunks(&mut s, &ok, 3).unwrap();
         // Two messages at the cap are fine: the count is per message.
         let mut s = batch_scanner(1 << 20, 10);
-        scan_in_chunks(&mut s, &frames(&[[0x0a, 0x00].repeat(10), [0x0a, 0x00].repeat(10)]), 7)
-            .unwrap();
+        scan_in_chunks(
+            &mut s,
+            &frames(&[[0x0a, 0x00].repeat(10), [0x0a, 0x00].repeat(10)]),
+            7,
+        )
+        .unwrap();
 
         let over = frames(&[[0x0a, 0x00].repeat(4_000_000)]);
         let mut s = batch_scanner(16 << 20, 10);
@@ -570,7 +570,8 @@ mod tests {
                 decision_id: &decision_id,
                 model_version: &model_version,
                 processing_time: std::time::Duration::MAX,
-                scored_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(u32::MAX as u64 * 100),
+                scored_at: std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(u32::MAX as u64 * 100),
             },
         );
         let mut results = Vec::new();
@@ -581,7 +582,9 @@ mod tests {
         };
         results.push(result(pb::batch_result::Result::Score(score)));
         for v in &worst_violations {
-            results.push(result(pb::batch_result::Result::Error(invalid_item_error(v))));
+            results.push(result(pb::batch_result::Result::Error(invalid_item_error(
+                v,
+            ))));
         }
         let unrecorded = ServeError::Unrecorded(RecordError("é".repeat(100_000)));
         results.push(result(pb::batch_result::Result::Error(

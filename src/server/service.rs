@@ -30,7 +30,9 @@ use crate::{
     config::ServeConfig,
     contract::{
         pb::{self, credit_risk_service_server::CreditRiskService},
-        validate::{self, risk_score_to_pb, FieldViolation, ScoreContext, MAX_APPLICATION_ID_BYTES},
+        validate::{
+            self, risk_score_to_pb, FieldViolation, ScoreContext, MAX_APPLICATION_ID_BYTES,
+        },
     },
     data::Application,
     model::{Decision, ModelBundle},

@@ -17,7 +17,9 @@ pub enum ServeError {
     #[error("invalid request: {}", summary(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// Too many calls (or streams) in flight; the client should back off and retry.
-    #[error("the server is at its limit of {limit} concurrent {what} (--{flag}); retry with backoff")]
+    #[error(
+        "the server is at its limit of {limit} concurrent {what} (--{flag}); retry with backoff"
+    )]
     Overloaded {
         limit: usize,
         what: &'static str,
@@ -180,7 +182,11 @@ mod tests {
     fn item_error_messages_are_bounded() {
         let e = ServeError::Unrecorded(RecordError("é".repeat(10_000)));
         let item = e.to_item_error();
-        assert!(item.message.len() <= MAX_ITEM_MESSAGE_BYTES, "{}", item.message.len());
+        assert!(
+            item.message.len() <= MAX_ITEM_MESSAGE_BYTES,
+            "{}",
+            item.message.len()
+        );
         assert!(item.message.ends_with('…'));
         assert_eq!(truncated("short".into(), 10), "short");
     }

@@ -111,7 +111,12 @@ async fn calls_beyond_the_limit_are_shed_with_resource_exhausted() {
     let mut ok = false;
     for _ in 0..100 {
         let (_tx3, rx3) = tokio::sync::mpsc::channel::<ScoreBatchRequest>(1);
-        if app.client.score_batch(ReceiverStream::new(rx3)).await.is_ok() {
+        if app
+            .client
+            .score_batch(ReceiverStream::new(rx3))
+            .await
+            .is_ok()
+        {
             ok = true;
             break;
         }
@@ -241,7 +246,10 @@ async fn a_batch_message_over_the_item_cap_is_refused_before_any_item_is_decided
     };
     let (answers, end) = stream_messages(&mut app, vec![message]).await;
     end.expect("a message at the cap is served");
-    assert_eq!(answers.iter().map(|m| m.results.len()).sum::<usize>(), 10_000);
+    assert_eq!(
+        answers.iter().map(|m| m.results.len()).sum::<usize>(),
+        10_000
+    );
     still_scores(&mut app).await;
     app.handle.shutdown().await.unwrap();
 }
@@ -571,7 +579,11 @@ async fn peak_memory_stays_bounded_under_oversized_messages() {
         })
         .await
         .expect_err("a 12 MB request is refused");
-    eprintln!("12 MB unary request: {:?}: {}", status.code(), status.message());
+    eprintln!(
+        "12 MB unary request: {:?}: {}",
+        status.code(),
+        status.message()
+    );
     assert!(
         matches!(
             status.code(),
