@@ -135,10 +135,32 @@ pub struct ServeConfig {
     /// with RESOURCE_EXHAUSTED instead of queueing.
     #[arg(long, env = "CRA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
-    /// Largest gRPC message accepted or sent, in bytes. 16 MiB holds a ScoreBatch message of
-    /// about 100,000 applications.
+    /// Of those calls, at most this many ScoreBatch streams, so that open streams never take
+    /// every slot from unary calls; default: a quarter of --max-concurrent-requests. Must be
+    /// below --max-concurrent-requests.
+    #[arg(long, env = "CRA_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<usize>,
+    /// TCP connections served at once; a connection beyond it is closed as soon as it is
+    /// accepted. Each one costs a file descriptor and up to 8 MiB of HTTP/2 receive buffer.
+    #[arg(long, env = "CRA_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// A ScoreBatch stream that sends no message, or reads no answer, for this long is ended
+    /// with DEADLINE_EXCEEDED, which frees its slot.
+    #[arg(long, env = "CRA_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stream_idle_timeout: std::time::Duration,
+    /// Largest ScoreBatch request message accepted, in bytes; a larger one ends its stream with
+    /// RESOURCE_EXHAUSTED before it is read.
     #[arg(long, env = "CRA_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Most applications in one ScoreBatch request message (1 to 100,000); a message with more
+    /// ends its stream with INVALID_ARGUMENT before any of them is decoded. The largest answer
+    /// message the server sends follows from it (about 4 KiB per application).
+    #[arg(long, env = "CRA_MAX_BATCH_ITEMS", default_value_t = 10_000)]
+    pub max_batch_items: usize,
+    /// Largest Score (or GetModelInfo) request message accepted, in bytes; a larger one is
+    /// refused with RESOURCE_EXHAUSTED before it is read. A valid application is under 600 bytes.
+    #[arg(long, env = "CRA_MAX_UNARY_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_unary_message_bytes: usize,
     /// Most applications of a ScoreBatch stream scored by one prediction call.
     #[arg(long, env = "CRA_BATCH_CHUNK", default_value_t = 1024)]
     pub batch_chunk: usize,

@@ -49,6 +49,17 @@ impl FieldViolation {
     }
 }
 
+/// A client's number as written in a violation: plain when that is short, else in exponent
+/// form, so that a description stays short whatever was sent (`{}` writes 1e300 in 301 digits).
+fn compact(v: f64) -> String {
+    let plain = v.to_string();
+    if plain.len() <= 24 {
+        plain
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// Collects violations while the fields are checked one by one.
 struct Checker {
     violations: Vec<FieldViolation>,
@@ -72,7 +83,7 @@ impl Checker {
                 format!("at least {min}")
             };
             let what = if v.is_finite() {
-                format!("{v}")
+                compact(v)
             } else {
                 "not a finite number".to_string()
             };
@@ -363,6 +374,22 @@ mod tests {
             assert_eq!(name, format!("LOAN_PURPOSE_{}", v.as_str().to_uppercase()));
         }
         assert!(pb::LoanPurpose::try_from(LoanPurpose::ALL.len() as i32 + 1).is_err());
+    }
+
+    #[test]
+    fn numbers_in_descriptions_stay_short() {
+        assert_eq!(compact(42.5), "42.5");
+        assert_eq!(compact(-1e300), "-1e300");
+        assert_eq!(compact(5e-324), "5e-324");
+        let a = pb::CreditApplication {
+            income: f64::MIN,
+            ..example()
+        };
+        let v = validate(&a).unwrap_err();
+        assert!(
+            v[0].description.ends_with("got -1.7976931348623157e308"),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -17,8 +17,15 @@
 //! model bundle off the reactor, scores a canary application, awaits every readiness gate, then
 //! reports SERVING. On the shutdown signal readiness flips to NOT_SERVING first, then the server
 //! stops accepting and in-flight calls get up to `shutdown_grace` to finish.
+//!
+//! Limits against abuse: at most `max_connections` TCP connections; per-method message limits
+//! and the ScoreBatch item cap checked as the bytes arrive ([`limits`]); a send limit derived
+//! from that cap so every accepted request has a sendable answer; a share of the call slots
+//! for streams; an idle timeout for streams.
 
+pub mod connections;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod recorder;
 pub mod service;
@@ -30,6 +37,9 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc};
 use anyhow::Context as _;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+
+use connections::LimitedIncoming;
+use limits::{batch_response_limit, MessageLimits, MAX_BATCH_ITEMS_LIMIT, MAX_MODEL_VERSION_BYTES};
 
 pub use health::{Readiness, SERVICE_NAME};
 pub use recorder::{DecisionRecord, DecisionRecorder, Outcome, RecordError, Rpc};
@@ -56,6 +66,10 @@ pub enum ServerError {
     Model { dir: PathBuf, source: BundleError },
     #[error("the model loaded but the canary application scored {0}, not a probability; the bundle is broken, retrain it")]
     Canary(f64),
+    #[error("the model version is {len} bytes long; at most {max} are served (it is part of every answer): fix model_version in bundle.json")]
+    ModelVersion { len: usize, max: usize },
+    #[error("invalid server settings: {0}")]
+    Config(String),
     #[error("reflection descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
@@ -73,6 +87,7 @@ pub struct ServerBuilder {
     model: Option<Arc<ModelBundle>>,
     recorder: Option<Arc<dyn DecisionRecorder>>,
     gates: Vec<(&'static str, Gate)>,
+    listener: Option<tokio::net::TcpListener>,
 }
 
 impl ServerBuilder {
@@ -82,7 +97,15 @@ impl ServerBuilder {
             model: None,
             recorder: None,
             gates: Vec::new(),
+            listener: None,
         }
+    }
+
+    /// Serves on this bound listener (from [`bind_listener`]) instead of binding
+    /// `config.listen` in [`Self::bind`].
+    pub fn listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
     }
 
     /// Serves this bundle instead of loading `config.model` from disk.
@@ -110,30 +133,32 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds the listening socket and registers readiness as NOT_SERVING.
+    /// Checks the limits, binds the listening socket (unless one was given) and registers
+    /// readiness as NOT_SERVING.
     pub async fn bind(self) -> Result<Server, ServerError> {
         let cfg = self.config;
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let checked = check_limits(&cfg)?;
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => bind_listener(cfg.listen).await?,
+        };
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
         })?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = LimitedIncoming::new(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            cfg.max_connections,
+        );
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::new(reporter).await;
         for (name, _) in &self.gates {
             readiness.set(name, false).await;
         }
         let state = Arc::new(AppState::new(
-            cfg.max_concurrent_requests,
-            cfg.batch_chunk,
+            &cfg,
+            checked.max_streams,
             worker_threads(cfg.worker_threads),
-            cfg.request_timeout,
             self.recorder,
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -147,9 +172,16 @@ impl ServerBuilder {
             // google.rpc error details, so that grpcurl can show BadRequest field violations.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let scoring = CreditRiskServiceServer::new(CreditRisk::new(state.clone()))
-            .max_decoding_message_size(cfg.max_message_bytes)
-            .max_encoding_message_size(cfg.max_message_bytes);
+        // tonic's receive limit is per service: the largest of the methods' limits, each method's
+        // own limit (and the item cap) applied by `limits` before tonic buffers a message. The
+        // send limit follows from the item cap, so that every accepted request has an answer
+        // that can be sent.
+        let limits = checked.messages;
+        let scoring = limits.wrap(
+            CreditRiskServiceServer::new(CreditRisk::new(state.clone()))
+                .max_decoding_message_size(limits.largest_message())
+                .max_encoding_message_size(batch_response_limit(limits.batch_items)),
+        );
         // Deadlines are enforced by the service itself (unary: the client's grpc-timeout capped
         // by --request-timeout; streams: per round), so that an expired one is always answered
         // DEADLINE_EXCEEDED; tonic's own timeout layer would answer CANCELLED.
@@ -185,7 +217,7 @@ pub struct Server {
     gates: Vec<(&'static str, Gate)>,
     state: Arc<AppState>,
     readiness: Readiness,
-    incoming: TcpIncoming,
+    incoming: LimitedIncoming,
     router: tonic::transport::server::Router,
 }
 
@@ -316,10 +348,15 @@ async fn start_up(
     };
     let bundle = match loaded.and_then(|b| {
         let p = b.score(&Application::example()).probability_default;
-        if p.is_finite() && (0.0..=1.0).contains(&p) {
-            Ok(b)
-        } else {
+        if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
             Err(ServerError::Canary(p))
+        } else if b.version().len() > MAX_MODEL_VERSION_BYTES {
+            Err(ServerError::ModelVersion {
+                len: b.version().len(),
+                max: MAX_MODEL_VERSION_BYTES,
+            })
+        } else {
+            Ok(b)
         }
     }) {
         Ok(b) => b,
@@ -388,6 +425,71 @@ impl ServerHandle {
     }
 }
 
+/// Binds the listening socket of `addr`.
+pub async fn bind_listener(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// The limits of a configuration, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedLimits {
+    /// Stream slots (a share of `max_concurrent_requests`).
+    pub max_streams: usize,
+    pub messages: MessageLimits,
+}
+
+/// Checks the limits of `cfg` against each other; the error says which flag to fix.
+pub fn check_limits(cfg: &ServeConfig) -> Result<CheckedLimits, ServerError> {
+    let bad = |m: String| Err(ServerError::Config(m));
+    let total = cfg.max_concurrent_requests;
+    if total < 2 {
+        return bad(format!(
+            "--max-concurrent-requests is {total}; it must be at least 2 (streams get a share of \
+             the slots and unary calls keep the rest)"
+        ));
+    }
+    let max_streams = cfg.max_concurrent_streams.unwrap_or((total / 4).max(1));
+    if max_streams == 0 || max_streams >= total {
+        return bad(format!(
+            "--max-concurrent-streams is {max_streams}; it must be at least 1 and below \
+             --max-concurrent-requests ({total}), so that open streams leave slots to unary calls"
+        ));
+    }
+    if cfg.max_connections == 0 {
+        return bad("--max-connections must be at least 1".into());
+    }
+    if cfg.stream_idle_timeout.is_zero() {
+        return bad("--stream-idle-timeout must be longer than 0".into());
+    }
+    if !(1..=MAX_BATCH_ITEMS_LIMIT).contains(&cfg.max_batch_items) {
+        return bad(format!(
+            "--max-batch-items is {}; it must be between 1 and {MAX_BATCH_ITEMS_LIMIT}",
+            cfg.max_batch_items
+        ));
+    }
+    for (flag, v) in [
+        ("--max-message-bytes", cfg.max_message_bytes),
+        ("--max-unary-message-bytes", cfg.max_unary_message_bytes),
+    ] {
+        if !(1024..=u32::MAX as usize).contains(&v) {
+            return bad(format!(
+                "{flag} is {v}; it must be between 1024 and {} bytes",
+                u32::MAX
+            ));
+        }
+    }
+    Ok(CheckedLimits {
+        max_streams,
+        messages: MessageLimits {
+            unary_message_bytes: cfg.max_unary_message_bytes,
+            batch_message_bytes: cfg.max_message_bytes,
+            batch_items: cfg.max_batch_items,
+        },
+    })
+}
+
 /// The number of worker threads: the CPUs this process may use (respects cgroup quotas and
 /// CPU affinity), unless overridden.
 pub fn worker_threads(configured: Option<usize>) -> usize {
@@ -417,14 +519,20 @@ pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
 /// Runs `cra serve` on the current runtime until `signal`: the decision log of
 /// `config.audit` as the recorder (none with `--audit off`), readiness following it; after
 /// the drain, every accepted decision is flushed before this returns.
+///
+/// The settings are checked and the port is bound before the decision log starts: a start
+/// that fails on them (say, a second `cra serve` on the same port) never opens, replays or
+/// changes the spool, which may belong to a running process.
 pub async fn serve_until(
     config: ServeConfig,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    check_limits(&config)?;
+    let listener = bind_listener(config.listen).await?;
     let audit = crate::audit::AuditLog::from_args(&config.audit)
         .await
         .context("starting the decision log (see --database-url, --spool-dir, --audit)")?;
-    let mut builder = ServerBuilder::new(config);
+    let mut builder = ServerBuilder::new(config).listener(listener);
     if audit.is_enabled() {
         builder = builder.recorder(Arc::new(audit.clone()));
     }

@@ -3,15 +3,21 @@
 //! The scoring path never waits on I/O: validation, preprocessing and the tree walk run inline,
 //! and the decision recorder only enqueues. ScoreBatch answers an empty request message (zero
 //! applications) with an empty response message.
+//!
+//! A decision is recorded only when its answer can be delivered: a unary call whose deadline
+//! has passed before recording is answered DEADLINE_EXCEEDED and has no row (like a call shed
+//! for overload), and a stream round is recorded only once room for its answers is reserved.
 use std::{
+    future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, OnceLock},
+    task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
 
-use futures::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::{metadata::MetadataMap, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -21,9 +27,12 @@ use super::{
     status::{invalid_item_error, ServeError},
 };
 use crate::{
+    config::ServeConfig,
     contract::{
         pb::{self, credit_risk_service_server::CreditRiskService},
-        validate::{self, risk_score_to_pb, FieldViolation, ScoreContext},
+        validate::{
+            self, risk_score_to_pb, FieldViolation, ScoreContext, MAX_APPLICATION_ID_BYTES,
+        },
     },
     data::Application,
     model::{Decision, ModelBundle},
@@ -33,16 +42,23 @@ use crate::{
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest request id taken from the client; longer ones are replaced by a generated one.
 const MAX_REQUEST_ID_LEN: usize = 128;
-/// Response messages of one stream waiting for a slow reader before the server stops reading.
-const STREAM_RESPONSE_QUEUE: usize = 4;
+/// Answered rounds of one stream waiting for a slow reader before the server stops reading.
+const STREAM_RESPONSE_QUEUE: usize = 2;
 
-/// What every call shares: the model, the concurrency limit, the recorder and the metrics.
+/// What every call shares: the model, the concurrency limits, the recorder and the metrics.
 #[derive(Debug)]
 pub struct AppState {
     /// Set once the bundle is loaded and the canary scored.
     pub(crate) model: OnceLock<Arc<ModelBundle>>,
+    /// One permit per call in flight, unary or stream.
     pub(crate) limiter: Arc<Semaphore>,
     pub(crate) max_concurrent: usize,
+    /// One permit per stream, taken on top of a call permit: fewer than `max_concurrent`, so
+    /// open streams always leave slots to unary calls.
+    pub(crate) stream_limiter: Arc<Semaphore>,
+    pub(crate) max_streams: usize,
+    /// A stream that sends no message or reads no answer for this long is ended.
+    pub(crate) stream_idle_timeout: Duration,
     /// Where every decision goes; `None` when the decision log is off.
     pub(crate) recorder: Option<Arc<dyn DecisionRecorder>>,
     /// Most applications of a stream scored by one `score_many` call.
@@ -55,33 +71,54 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of a server configured by `cfg`, with `max_streams` stream slots (see
+    /// `ServerBuilder::bind`, which checks the limits).
     pub(crate) fn new(
-        max_concurrent: usize,
-        batch_chunk: usize,
+        cfg: &ServeConfig,
+        max_streams: usize,
         cpus: usize,
-        request_timeout: Duration,
         recorder: Option<Arc<dyn DecisionRecorder>>,
     ) -> Self {
+        let max_concurrent = cfg.max_concurrent_requests.max(1);
         AppState {
             model: OnceLock::new(),
-            limiter: Arc::new(Semaphore::new(max_concurrent.max(1))),
-            max_concurrent: max_concurrent.max(1),
+            limiter: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            stream_limiter: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+            stream_idle_timeout: cfg.stream_idle_timeout,
             recorder,
-            batch_chunk: batch_chunk.max(1),
+            batch_chunk: cfg.batch_chunk.max(1),
             cpus,
-            request_timeout,
+            request_timeout: cfg.request_timeout,
             metrics: Metrics::default(),
         }
     }
 
-    /// Takes a concurrency permit or refuses at once.
+    /// Takes a call permit or refuses at once.
     fn admit(&self) -> Result<OwnedSemaphorePermit, ServeError> {
         self.limiter
             .clone()
             .try_acquire_owned()
             .map_err(|_| ServeError::Overloaded {
                 limit: self.max_concurrent,
+                what: "calls",
+                flag: "max-concurrent-requests",
             })
+    }
+
+    /// Takes a stream permit and a call permit, or refuses at once.
+    fn admit_stream(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ServeError> {
+        let stream = self
+            .stream_limiter
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServeError::Overloaded {
+                limit: self.max_streams,
+                what: "streams",
+                flag: "max-concurrent-streams",
+            })?;
+        Ok((stream, self.admit()?))
     }
 
     fn model(&self) -> Result<&Arc<ModelBundle>, ServeError> {
@@ -166,6 +203,10 @@ impl CreditRiskService for CreditRisk {
         let request_id = request_id(request.metadata());
         let timeout = grpc_timeout(request.metadata())
             .map_or(state.request_timeout, |t| t.min(state.request_timeout));
+        // A call that is already late gets no decision, so no row: the client would never see it.
+        if started.elapsed() >= timeout {
+            return Err(ServeError::DeadlineExceeded(timeout).into());
+        }
         let peer = request.remote_addr();
         // A request without an application is rejected, and recorded, like any invalid one.
         let input = request.into_inner().application;
@@ -180,6 +221,10 @@ impl CreditRiskService for CreditRisk {
             (app, decision)
         });
         let scored_at = Instant::now();
+        // The last deadline check: once recorded, the decision is answered.
+        if started.elapsed() >= timeout {
+            return Err(ServeError::DeadlineExceeded(timeout).into());
+        }
         if let Some(recorder) = &state.recorder {
             let outcome = match &scored {
                 Ok((application, decision)) => Outcome::Scored {
@@ -205,9 +250,6 @@ impl CreditRiskService for CreditRisk {
         }
         let (_, decision) = scored.map_err(ServeError::InvalidArgument)?;
         let elapsed = started.elapsed();
-        if elapsed >= timeout {
-            return Err(ServeError::DeadlineExceeded(timeout).into());
-        }
         let score = risk_score_to_pb(
             &decision,
             &ScoreContext {
@@ -230,19 +272,20 @@ impl CreditRiskService for CreditRisk {
         Ok(resp)
     }
 
-    type ScoreBatchStream = ReceiverStream<Result<pb::ScoreBatchResponse, Status>>;
+    type ScoreBatchStream = BatchAnswers;
 
     async fn score_batch(
         &self,
         request: Request<Streaming<pb::ScoreBatchRequest>>,
     ) -> Result<Response<Self::ScoreBatchStream>, Status> {
-        let permit = self.state.admit()?;
+        let permits = self.state.admit_stream()?;
         let model = self.state.model()?.clone();
         let request_id = request_id(request.metadata());
         let deadline = grpc_timeout(request.metadata()).map(|t| (Instant::now() + t, t));
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_RESPONSE_QUEUE);
+        let (end_tx, end_rx) = oneshot::channel();
         let job = StreamJob {
             state: self.state.clone(),
             model,
@@ -253,10 +296,18 @@ impl CreditRiskService for CreditRisk {
             tx,
         };
         tokio::spawn(async move {
-            let _permit = permit;
-            job.run(inbound).await;
+            let _permits = permits;
+            if let Err(status) = job.run(inbound).await {
+                // Sent before the job and its sender are dropped: the answers end with it.
+                let _ = end_tx.send(status);
+            }
+            drop(job);
         });
-        let mut resp = Response::new(ReceiverStream::new(rx));
+        let mut resp = Response::new(BatchAnswers {
+            rounds: rx,
+            pending: Vec::new().into_iter(),
+            end: Some(end_rx),
+        });
         set_request_id(&mut resp, &request_id);
         Ok(resp)
     }
@@ -272,10 +323,51 @@ impl CreditRiskService for CreditRisk {
     }
 }
 
+/// The answers of one ScoreBatch stream: the response messages of each answered round, in
+/// order, then the stream's final error if it ended with one.
+pub struct BatchAnswers {
+    rounds: mpsc::Receiver<Vec<pb::ScoreBatchResponse>>,
+    pending: std::vec::IntoIter<pb::ScoreBatchResponse>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for BatchAnswers {
+    type Item = Result<pb::ScoreBatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(m) = self.pending.next() {
+                return Poll::Ready(Some(Ok(m)));
+            }
+            match self.rounds.poll_recv(cx) {
+                Poll::Ready(Some(round)) => self.pending = round.into_iter(),
+                Poll::Ready(None) => {
+                    // The job has ended; its final status, if any, was sent before.
+                    let end = self.end.take().and_then(|mut end| end.try_recv().ok());
+                    return Poll::Ready(end.map(Err));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The `application_id` echoed in a stream result: empty when it is over the accepted length
+/// (that application is refused), so that every answer has a bounded size.
+fn echoed_id(id: String) -> String {
+    if id.len() <= MAX_APPLICATION_ID_BYTES {
+        id
+    } else {
+        String::new()
+    }
+}
+
 /// One ScoreBatch stream: reads request messages in rounds of at most `batch_chunk`
-/// applications (plus one message), scores each round with `score_many`, and answers every
-/// request message with one response message. The bounded response channel carries the back
-/// pressure: while a slow reader leaves it full, this task stops reading the inbound stream.
+/// applications (an empty message counts as one, plus one message), scores each round with
+/// `score_many`, and answers every request message with one response message. The bounded
+/// channel of answered rounds carries the back pressure: while a slow reader leaves it full,
+/// this task stops reading the inbound stream. A stream that sends nothing, or reads nothing,
+/// for the idle timeout is ended.
 struct StreamJob {
     state: Arc<AppState>,
     model: Arc<ModelBundle>,
@@ -283,7 +375,7 @@ struct StreamJob {
     stream_id: Uuid,
     peer: Option<SocketAddr>,
     deadline: Option<(Instant, Duration)>,
-    tx: mpsc::Sender<Result<pb::ScoreBatchResponse, Status>>,
+    tx: mpsc::Sender<Vec<pb::ScoreBatchResponse>>,
 }
 
 /// How one application of a round turned out before scoring.
@@ -332,7 +424,34 @@ impl StreamJob {
         Ok(())
     }
 
-    async fn run(self, mut inbound: Streaming<pb::ScoreBatchRequest>) {
+    /// Awaits `fut` until the stream's deadline or for at most the idle timeout, whichever
+    /// comes first; the error names the one that ran out.
+    async fn wait<F: Future>(&self, fut: F) -> Result<F::Output, ServeError> {
+        let idle = self.state.stream_idle_timeout;
+        let idle_at = Instant::now().checked_add(idle);
+        match (self.deadline, idle_at) {
+            (Some((at, limit)), idle_at) if idle_at.is_none_or(|i| at <= i) => {
+                tokio::time::timeout_at(at.into(), fut)
+                    .await
+                    .map_err(|_| ServeError::DeadlineExceeded(limit))
+            }
+            (_, Some(idle_at)) => tokio::time::timeout_at(idle_at.into(), fut)
+                .await
+                .map_err(|_| ServeError::StreamIdle(idle)),
+            (_, None) => Ok(fut.await),
+        }
+    }
+
+    fn past_deadline(&self) -> Result<(), ServeError> {
+        match self.deadline {
+            Some((at, limit)) if Instant::now() >= at => Err(ServeError::DeadlineExceeded(limit)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Serves the stream until the client ends it (`Ok`) or it must end with an error status,
+    /// which the caller sends after the answers already queued.
+    async fn run(&self, mut inbound: Streaming<pb::ScoreBatchRequest>) -> Result<(), Status> {
         let mut position: u64 = 0;
         let mut apps: Vec<Application> = Vec::new();
         let mut slots: Vec<Slot> = Vec::new();
@@ -348,38 +467,25 @@ impl StreamJob {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
-            // Wait for the first message of a round, bounded by the deadline.
-            let first = match self.deadline {
-                Some((at, limit)) => {
-                    match tokio::time::timeout_at(at.into(), inbound.next()).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            let _ = self
-                                .tx
-                                .send(Err(ServeError::DeadlineExceeded(limit).into()))
-                                .await;
-                            return;
-                        }
-                    }
-                }
-                None => inbound.next().await,
-            };
-            let mut round = match first {
-                None => return,
+            // Wait for the first message of a round, bounded by the deadline and the idle
+            // timeout.
+            let first = match self.wait(inbound.next()).await? {
+                None => return Ok(()),
                 Some(Err(status)) => {
                     tracing::debug!(request_id = %self.request_id, "stream read error: {status}");
-                    let _ = self.tx.send(Err(status)).await;
-                    return;
+                    return Err(status);
                 }
-                Some(Ok(m)) => vec![m],
+                Some(Ok(m)) => m,
             };
-            // Take whatever else has already arrived, up to one chunk of applications.
-            let mut items = round[0].applications.len();
+            // Take whatever else has already arrived, up to one chunk of applications; an
+            // empty message counts as one, so that a round always has a bounded size.
+            let mut items = first.applications.len().max(1);
+            let mut round = vec![first];
             let mut trailing: Option<Option<Status>> = None;
             while items < self.state.batch_chunk {
                 match inbound.next().now_or_never() {
                     Some(Some(Ok(m))) => {
-                        items += m.applications.len();
+                        items += m.applications.len().max(1);
                         round.push(m);
                     }
                     Some(Some(Err(status))) => {
@@ -395,15 +501,7 @@ impl StreamJob {
             }
             let started = Instant::now();
             let received_at = SystemTime::now();
-            if let Some((at, limit)) = self.deadline {
-                if started >= at {
-                    let _ = self
-                        .tx
-                        .send(Err(ServeError::DeadlineExceeded(limit).into()))
-                        .await;
-                    return;
-                }
-            }
+            self.past_deadline()?;
 
             // Validate everything, then score the valid ones in slices of batch_chunk.
             apps.clear();
@@ -418,12 +516,21 @@ impl StreamJob {
                     Err(v) => Slot::Invalid(v),
                 });
             }
-            if let Err(status) = self.score_round(&mut apps, &mut decisions).await {
-                let _ = self.tx.send(Err(status)).await;
-                return;
-            }
+            self.score_round(&mut apps, &mut decisions).await?;
             let decided_at = SystemTime::now();
             let latency = started.elapsed();
+
+            // Room for this round's answers before anything is recorded: a decision is recorded
+            // only when its answer can be handed over. A client that reads no answer for the
+            // idle timeout ends the stream, with nothing of this round recorded.
+            let slot = match self.wait(self.tx.reserve()).await? {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::debug!(request_id = %self.request_id, "client went away mid-stream");
+                    return Ok(());
+                }
+            };
+            self.past_deadline()?;
 
             let ids: Vec<Uuid> = slots.iter().map(|_| self.state.decision_id()).collect();
             let recorded = match &self.state.recorder {
@@ -464,6 +571,7 @@ impl StreamJob {
             // Answer each request message with its own response message, in order.
             let model_version = self.model.version();
             let mut k = 0usize;
+            let mut answers = Vec::with_capacity(round.len());
             for msg in round {
                 let mut results = Vec::with_capacity(msg.applications.len());
                 for input in msg.applications {
@@ -488,30 +596,20 @@ impl StreamJob {
                     };
                     results.push(pb::BatchResult {
                         position,
-                        application_id: input.application_id,
+                        application_id: echoed_id(input.application_id),
                         result: Some(result),
                     });
                     position += 1;
                     k += 1;
                 }
-                if self
-                    .tx
-                    .send(Ok(pb::ScoreBatchResponse { results }))
-                    .await
-                    .is_err()
-                {
-                    tracing::debug!(request_id = %self.request_id, "client went away mid-stream");
-                    return;
-                }
+                answers.push(pb::ScoreBatchResponse { results });
             }
+            slot.send(answers);
             self.state.metrics.record_chunk(k, started.elapsed());
             match trailing {
                 None => {}
-                Some(None) => return,
-                Some(Some(status)) => {
-                    let _ = self.tx.send(Err(status)).await;
-                    return;
-                }
+                Some(None) => return Ok(()),
+                Some(Some(status)) => return Err(status),
             }
         }
     }

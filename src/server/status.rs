@@ -16,9 +16,30 @@ pub enum ServeError {
     /// The client sent an invalid request; every bad field is listed.
     #[error("invalid request: {}", summary(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    /// Too many calls in flight; the client should back off and retry.
-    #[error("the server is at its limit of {limit} concurrent calls; retry with backoff")]
-    Overloaded { limit: usize },
+    /// Too many calls (or streams) in flight; the client should back off and retry.
+    #[error(
+        "the server is at its limit of {limit} concurrent {what} (--{flag}); retry with backoff"
+    )]
+    Overloaded {
+        limit: usize,
+        what: &'static str,
+        flag: &'static str,
+    },
+    /// A request message over its method's size limit; refused before it is read.
+    #[error("a {method} request message of {bytes} bytes is over the server's limit of {limit} bytes (--{flag})")]
+    MessageTooLarge {
+        method: &'static str,
+        bytes: usize,
+        limit: usize,
+        flag: &'static str,
+    },
+    /// A ScoreBatch request message with more applications than the cap; refused before any
+    /// of them is decoded.
+    #[error("a ScoreBatch request message may hold at most {limit} applications (--max-batch-items); this one holds more: split it into several messages")]
+    TooManyItems { limit: usize },
+    /// A stream sent no message, or read no answer, for the idle timeout.
+    #[error("the stream was idle for {0:?} (no message sent or no answer read; --stream-idle-timeout) and was closed; open a new stream when there is work")]
+    StreamIdle(Duration),
     /// The model is still loading (readiness is NOT_SERVING).
     #[error("the model is not loaded yet; wait for the readiness check to report SERVING")]
     NotReady,
@@ -39,10 +60,14 @@ impl ServeError {
     /// The gRPC code of this error.
     pub fn code(&self) -> Code {
         match self {
-            ServeError::InvalidArgument(_) => Code::InvalidArgument,
-            ServeError::Overloaded { .. } => Code::ResourceExhausted,
+            ServeError::InvalidArgument(_) | ServeError::TooManyItems { .. } => {
+                Code::InvalidArgument
+            }
+            ServeError::Overloaded { .. } | ServeError::MessageTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             ServeError::NotReady | ServeError::Unrecorded(_) => Code::Unavailable,
-            ServeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServeError::DeadlineExceeded(_) | ServeError::StreamIdle(_) => Code::DeadlineExceeded,
         }
     }
 
@@ -54,17 +79,34 @@ impl ServeError {
         )]
     }
 
-    /// The inline form of this error for one item of a ScoreBatch stream.
+    /// The inline form of this error for one item of a ScoreBatch stream; the message is cut
+    /// to [`MAX_ITEM_MESSAGE_BYTES`], so that every answer has a bounded size.
     pub fn to_item_error(&self) -> pb::ItemError {
         pb::ItemError {
             code: self.code() as i32,
-            message: self.to_string(),
+            message: truncated(self.to_string(), MAX_ITEM_MESSAGE_BYTES),
             field_violations: match self {
                 ServeError::InvalidArgument(v) => violations_to_pb(v),
                 _ => Vec::new(),
             },
         }
     }
+}
+
+/// Longest `ItemError.message` sent, in bytes.
+pub const MAX_ITEM_MESSAGE_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes at a character boundary, marked with an ellipsis when cut.
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 /// The inline error of a stream item that failed validation.
@@ -87,6 +129,13 @@ impl From<ServeError> for Status {
                         .into_iter()
                         .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(code, message, details)
+            }
+            ServeError::TooManyItems { limit } => {
+                let details = ErrorDetails::with_bad_request_violation(
+                    "applications",
+                    format!("at most {limit} applications per ScoreBatch request message"),
                 );
                 Status::with_error_details(code, message, details)
             }
@@ -119,7 +168,26 @@ mod tests {
 
     #[test]
     fn overload_is_resource_exhausted() {
-        let status: Status = ServeError::Overloaded { limit: 1 }.into();
+        let status: Status = ServeError::Overloaded {
+            limit: 1,
+            what: "calls",
+            flag: "max-concurrent-requests",
+        }
+        .into();
         assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("--max-concurrent-requests"));
+    }
+
+    #[test]
+    fn item_error_messages_are_bounded() {
+        let e = ServeError::Unrecorded(RecordError("é".repeat(10_000)));
+        let item = e.to_item_error();
+        assert!(
+            item.message.len() <= MAX_ITEM_MESSAGE_BYTES,
+            "{}",
+            item.message.len()
+        );
+        assert!(item.message.ends_with('…'));
+        assert_eq!(truncated("short".into(), 10), "short");
     }
 }
