@@ -149,8 +149,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CRA_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub stream_idle_timeout: std::time::Duration,
     /// Largest ScoreBatch request message accepted, in bytes; a larger one ends its stream with
-    /// RESOURCE_EXHAUSTED before it is read.
-    #[arg(long, env = "CRA_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    /// RESOURCE_EXHAUSTED before it is read. The default holds --max-batch-items valid
+    /// applications of the largest size (under 600 bytes each); each open stream may buffer one
+    /// such message, so memory is bounded by it times --max-concurrent-streams.
+    #[arg(long, env = "CRA_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Most applications in one ScoreBatch request message (1 to 100,000); a message with more
     /// ends its stream with INVALID_ARGUMENT before any of them is decoded. The largest answer
