@@ -95,12 +95,15 @@ struct Entry {
     coef: f64,
 }
 
+/// The path's (step index, goes right) edges on one feature.
+type FeatureEdges = Vec<(u32, bool)>;
+
 /// A leaf deeper than [`MAX_TABLE_DEPTH`], computed per row.
 #[derive(Debug, Clone)]
 struct LongLeaf {
     value: f64,
-    /// Per distinct feature: the feature, `z`, and the path's (step index, goes right) on it.
-    features: Vec<(u32, f64, Vec<(u32, bool)>)>,
+    /// Per distinct feature: the feature, `z`, and the path's edges on it.
+    features: Vec<(u32, f64, FeatureEdges)>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,7 +317,7 @@ impl TreeShap {
         poly: &mut Vec<f64>,
     ) {
         // Distinct features: (feature, z, levels, edges).
-        let mut distinct: Vec<(u32, f64, u32, Vec<(u32, bool)>)> = Vec::new();
+        let mut distinct: Vec<(u32, f64, u32, FeatureEdges)> = Vec::new();
         for (level, e) in path.iter().enumerate() {
             let at = match distinct.iter().position(|d| d.0 == e.feature) {
                 Some(at) => at,
@@ -449,10 +452,11 @@ impl TreeShap {
             let has_long = tree.long_leaves.0 != tree.long_leaves.1;
             for (k, s) in steps.iter().enumerate() {
                 let x = row[s.feature as usize];
+                // XGBoost goes left on `x < threshold`; NaN follows the default branch.
                 let right = if x.is_nan() {
                     !s.default_left
                 } else {
-                    !(x < s.threshold)
+                    x >= s.threshold
                 };
                 let m = masks[s.slot as usize];
                 masks[s.left as usize] = m | if right { 0 } else { s.bit };
