@@ -1172,12 +1172,6 @@ impl Spool {
         Ok(to)
     }
 
-    /// Renames a sealed segment that PostgreSQL keeps rejecting to `quarantine-<seq>.spool`,
-    /// out of the replay and the size cap, for an operator to inspect. Returns the new path.
-    pub fn quarantine_segment(&self, seq: u64) -> Result<PathBuf> {
-        self.move_aside(seq, "quarantine")
-    }
-
     /// Renames a sealed segment with corrupt bytes (whose valid records were replayed) to
     /// `corrupt-<seq>.spool`, out of the replay and the size cap, for an operator to inspect;
     /// it is never deleted. Returns the new path.
