@@ -1326,6 +1326,8 @@ mod tests {
         for chunk in recs.chunks(7) {
             s.append(chunk, u64::MAX, false).unwrap();
         }
+        // Full segments are sealed by a background thread: wait for it, not for a timer.
+        s.wait_sealed();
         assert!(s.sealed_segments().len() > 1, "rotation by size");
         let back = all_records(&s);
         let ids: Vec<_> = back.iter().map(|r| r.decision_id).collect();
