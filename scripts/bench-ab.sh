@@ -18,6 +18,7 @@ CONNECTIONS=${CONNECTIONS:-2}
 PORT=${PORT:-50581}
 PG_SERVER=${PG_SERVER:-postgres://postgres@127.0.0.1:5432}
 AUDIT=${AUDIT:-on}
+EXTRA_SERVE_ARGS=${EXTRA_SERVE_ARGS:-}
 OUT=results/ab-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 ADDR=127.0.0.1:$PORT

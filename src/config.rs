@@ -150,10 +150,15 @@ pub struct ServeConfig {
     pub stream_idle_timeout: std::time::Duration,
     /// Largest ScoreBatch request message accepted, in bytes; a larger one ends its stream with
     /// RESOURCE_EXHAUSTED before it is read. The default holds --max-batch-items valid
-    /// applications of the largest size (under 600 bytes each); each open stream may buffer one
-    /// such message, so memory is bounded by it times --max-concurrent-streams.
+    /// applications of the largest size (under 600 bytes each); all streams together buffer at
+    /// most --max-buffered-message-bytes.
     #[arg(long, env = "CRA_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Most bytes of ScoreBatch request messages being received at once, over every stream and
+    /// connection; a message that would go over it is refused with RESOURCE_EXHAUSTED before
+    /// it is read. Bounds the memory that many streams sending large messages can take.
+    #[arg(long, env = "CRA_MAX_BUFFERED_MESSAGE_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_buffered_message_bytes: usize,
     /// Most applications in one ScoreBatch request message (1 to 100,000); a message with more
     /// ends its stream with INVALID_ARGUMENT before any of them is decoded. The largest answer
     /// message the server sends follows from it (about 4 KiB per application).

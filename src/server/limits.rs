@@ -15,6 +15,10 @@
 //! [`batch_response_limit`].
 use std::{
     pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
 };
 
@@ -67,6 +71,40 @@ pub struct MessageLimits {
     pub batch_message_bytes: usize,
     /// Most applications in one ScoreBatch request message.
     pub batch_items: usize,
+    /// Most bytes of ScoreBatch messages being received at once, over every stream: each
+    /// message reserves its length when its header arrives and gives it back once it has
+    /// passed whole (tonic then decodes it), so one client opening many streams cannot make
+    /// the server buffer `streams × max message` bytes.
+    pub buffered_bytes: usize,
+}
+
+/// The bytes of ScoreBatch messages being received, shared by every request body.
+#[derive(Debug, Clone)]
+struct Budget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Budget {
+    fn try_take(&self, n: usize) -> bool {
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(n) > self.limit {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 impl MessageLimits {
@@ -80,17 +118,27 @@ impl MessageLimits {
         Limited {
             inner: service,
             limits: self,
+            budget: self.budget(),
         }
     }
 
-    fn scanner(&self, path: &str) -> FrameScanner {
+    fn budget(&self) -> Budget {
+        Budget {
+            used: Arc::new(AtomicUsize::new(0)),
+            limit: self.buffered_bytes,
+        }
+    }
+
+    fn scanner(&self, path: &str, budget: &Budget) -> FrameScanner {
         if path == SCORE_BATCH_PATH {
-            FrameScanner::new(
+            let mut s = FrameScanner::new(
                 "ScoreBatch",
                 self.batch_message_bytes,
                 "max-message-bytes",
                 Some(self.batch_items),
-            )
+            );
+            s.budget = Some(budget.clone());
+            s
         } else {
             let method = if path == SCORE_PATH { "Score" } else { "unary" };
             FrameScanner::new(
@@ -108,6 +156,7 @@ impl MessageLimits {
 pub struct Limited<S> {
     inner: S,
     limits: MessageLimits,
+    budget: Budget,
 }
 
 impl<S: NamedService> NamedService for Limited<S> {
@@ -127,7 +176,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let scanner = self.limits.scanner(req.uri().path());
+        let scanner = self.limits.scanner(req.uri().path(), &self.budget);
         self.inner.call(req.map(|body| {
             Body::new(ScannedBody {
                 inner: body,
@@ -192,6 +241,15 @@ struct FrameScanner {
     remaining: usize,
     /// The current message's field walk (ScoreBatch, uncompressed messages only).
     fields: Option<FieldWalk>,
+    /// The server-wide receive budget (ScoreBatch), and what the current message holds of it.
+    budget: Option<Budget>,
+    held: usize,
+}
+
+impl Drop for FrameScanner {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl FrameScanner {
@@ -210,7 +268,19 @@ impl FrameScanner {
             header_len: 0,
             remaining: 0,
             fields: None,
+            budget: None,
+            held: 0,
         }
+    }
+
+    /// Gives the current message's share of the budget back.
+    fn release(&mut self) {
+        if let Some(b) = &self.budget {
+            if self.held > 0 {
+                b.give_back(self.held);
+            }
+        }
+        self.held = 0;
     }
 
     fn scan(&mut self, mut data: &[u8]) -> Result<(), Status> {
@@ -240,6 +310,12 @@ impl FrameScanner {
                     }
                     .into());
                 }
+                if let Some(b) = &self.budget {
+                    if !b.try_take(len) {
+                        return Err(ServeError::BufferBudget { limit: b.limit }.into());
+                    }
+                    self.held = len;
+                }
                 self.remaining = len;
                 // A compressed message cannot be walked; tonic refuses it (no compression is
                 // enabled), and its decompressed size is capped by the message limit anyway.
@@ -260,6 +336,7 @@ impl FrameScanner {
             data = &data[take..];
             if self.remaining == 0 {
                 self.fields = None;
+                self.release();
             }
         }
         Ok(())
@@ -405,13 +482,55 @@ mod tests {
         out
     }
 
-    fn batch_scanner(max_bytes: usize, max_items: usize) -> FrameScanner {
+    fn limits(max_bytes: usize, max_items: usize, buffered: usize) -> MessageLimits {
         MessageLimits {
             unary_message_bytes: 100,
             batch_message_bytes: max_bytes,
             batch_items: max_items,
+            buffered_bytes: buffered,
         }
-        .scanner(SCORE_BATCH_PATH)
+    }
+
+    fn batch_scanner(max_bytes: usize, max_items: usize) -> FrameScanner {
+        let l = limits(max_bytes, max_items, usize::MAX);
+        l.scanner(SCORE_BATCH_PATH, &l.budget())
+    }
+
+    #[test]
+    fn messages_being_received_share_one_byte_budget() {
+        let l = limits(1 << 20, 10, 1500);
+        let budget = l.budget();
+        let header = |len: u32| {
+            let mut h = vec![0u8];
+            h.extend_from_slice(&len.to_be_bytes());
+            h
+        };
+        // Stream 1 announces 1,000 bytes and sends half of them: 1,000 are held.
+        let mut a = l.scanner(SCORE_BATCH_PATH, &budget);
+        a.scan(&header(1000)).unwrap();
+        a.scan(&[0u8; 500]).unwrap();
+        assert_eq!(budget.used.load(Ordering::SeqCst), 1000);
+        // Stream 2's 1,000-byte message does not fit beside it: refused before it is read.
+        let mut b = l.scanner(SCORE_BATCH_PATH, &budget);
+        let err = b.scan(&header(1000)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("--max-buffered-message-bytes"),
+            "{err:?}"
+        );
+        // Once stream 1's message has passed whole, its share is back.
+        a.scan(&[0u8; 500]).unwrap();
+        assert_eq!(budget.used.load(Ordering::SeqCst), 0);
+        let mut c = l.scanner(SCORE_BATCH_PATH, &budget);
+        c.scan(&header(1000)).unwrap();
+        assert_eq!(budget.used.load(Ordering::SeqCst), 1000);
+        // A stream that ends mid-message gives its share back too.
+        drop(c);
+        assert_eq!(budget.used.load(Ordering::SeqCst), 0);
+        // Unary calls do not use the budget.
+        let mut u = l.scanner(SCORE_PATH, &budget);
+        u.scan(&header(50)).unwrap();
+        assert_eq!(budget.used.load(Ordering::SeqCst), 0);
     }
 
     /// Feeds `bytes` to the scanner in chunks of `chunk` bytes.
@@ -497,8 +616,10 @@ mod tests {
             unary_message_bytes: 64 * 1024,
             batch_message_bytes: 16 << 20,
             batch_items: 10,
+            buffered_bytes: 16 << 20,
         };
-        let mut s = limits.scanner(SCORE_PATH);
+        let budget = limits.budget();
+        let mut s = limits.scanner(SCORE_PATH, &budget);
         // Split header: 12 MB.
         s.scan(&[0, 0]).unwrap();
         let err = s.scan(&[0xb7, 0x1b, 0x00]).unwrap_err();
@@ -509,7 +630,7 @@ mod tests {
             "{err:?}"
         );
         // A unary message of millions of fields is not walked (Score has one application).
-        let mut s = limits.scanner(SCORE_PATH);
+        let mut s = limits.scanner(SCORE_PATH, &budget);
         scan_in_chunks(&mut s, &frames(&[[0x0a, 0x00].repeat(1000)]), 100).unwrap();
     }
 

@@ -480,12 +480,20 @@ pub fn check_limits(cfg: &ServeConfig) -> Result<CheckedLimits, ServerError> {
             ));
         }
     }
+    if cfg.max_buffered_message_bytes < cfg.max_message_bytes {
+        return bad(format!(
+            "--max-buffered-message-bytes is {}; it must be at least --max-message-bytes ({}), \
+             or no message of the largest size could ever be received",
+            cfg.max_buffered_message_bytes, cfg.max_message_bytes
+        ));
+    }
     Ok(CheckedLimits {
         max_streams,
         messages: MessageLimits {
             unary_message_bytes: cfg.max_unary_message_bytes,
             batch_message_bytes: cfg.max_message_bytes,
             batch_items: cfg.max_batch_items,
+            buffered_bytes: cfg.max_buffered_message_bytes,
         },
     })
 }

@@ -33,6 +33,10 @@ pub enum ServeError {
         limit: usize,
         flag: &'static str,
     },
+    /// The ScoreBatch messages being received at once, across every stream and connection,
+    /// would hold more bytes than the server's budget; refused before this one is read.
+    #[error("the server is receiving {limit} bytes of ScoreBatch messages at once, its limit (--max-buffered-message-bytes); retry later, or send smaller messages")]
+    BufferBudget { limit: usize },
     /// A ScoreBatch request message with more applications than the cap; refused before any
     /// of them is decoded.
     #[error("a ScoreBatch request message may hold at most {limit} applications (--max-batch-items); this one holds more: split it into several messages")]
@@ -63,9 +67,9 @@ impl ServeError {
             ServeError::InvalidArgument(_) | ServeError::TooManyItems { .. } => {
                 Code::InvalidArgument
             }
-            ServeError::Overloaded { .. } | ServeError::MessageTooLarge { .. } => {
-                Code::ResourceExhausted
-            }
+            ServeError::Overloaded { .. }
+            | ServeError::MessageTooLarge { .. }
+            | ServeError::BufferBudget { .. } => Code::ResourceExhausted,
             ServeError::NotReady | ServeError::Unrecorded(_) => Code::Unavailable,
             ServeError::DeadlineExceeded(_) | ServeError::StreamIdle(_) => Code::DeadlineExceeded,
         }
