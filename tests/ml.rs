@@ -11,21 +11,21 @@ use arrow::{
     datatypes::{DataType, Field, Int32Type, Schema},
 };
 use cra::{
-    data::{
-        application::{LABEL, TRUE_PD},
-        generator::{generate, GeneratorParams},
-        parquet::{
-            read_dataset, to_record_batch, write_batch, write_parquet, DataError, Dataset,
-            DatasetReader,
-        },
+    data::parquet::{
+        read_dataset, to_record_batch, write_batch, write_parquet, DataError, Dataset,
+        DatasetReader,
     },
-    model::{
-        bundle::{ModelBundle, BOOSTER_FILE, METRICS_FILE},
+    training::{
         metrics::Evaluation,
         split::{sklearn_stratified_split, stratified_split, SplitMethod},
         train::{train, train_file, TrainParams, TrainedModel},
-        NUM_FEATURES,
     },
+};
+use cra_model::{
+    application::{LABEL, TRUE_PD},
+    bundle::{ModelBundle, BOOSTER_FILE, METRICS_FILE},
+    synthetic::{generate, GeneratorParams},
+    NUM_FEATURES,
 };
 
 fn small_data(rows: usize, seed: u64) -> Dataset {
@@ -177,7 +177,7 @@ fn loaded_bundle_reproduces_training_time_probabilities_on_every_test_row() {
     assert_eq!(bundle.num_trees(), 20);
     assert_eq!(
         bundle.manifest.training_data_sha256,
-        cra::model::bundle::sha256_hex(&std::fs::read(&data_path).unwrap())
+        cra_model::bundle::sha256_hex(&std::fs::read(&data_path).unwrap())
     );
     assert_eq!(bundle.manifest.canary.rows.len(), 64);
     let metrics: serde_json::Value =
@@ -299,7 +299,7 @@ fn missing_bureau_fields_are_scored_not_rejected() {
     let model = quick_model(&data);
     model.write(dir.path()).unwrap();
     let bundle = ModelBundle::load(dir.path()).unwrap();
-    let mut a = cra::data::Application::example();
+    let mut a = cra_model::Application::example();
     a.credit_score = f64::NAN;
     a.num_late_payments = f64::NAN;
     a.home_ownership = None;
@@ -339,7 +339,7 @@ fn recomputed_metrics(bundle: &ModelBundle) -> serde_json::Value {
         h["seed"].parse().unwrap(),
     )
     .unwrap();
-    let rows: Vec<_> = split.test.iter().map(|&i| data.rows[i].clone()).collect();
+    let rows: Vec<_> = split.test.iter().map(|&i| data.rows[i]).collect();
     let labels: Vec<u8> = split.test.iter().map(|&i| data.labels[i]).collect();
     let probabilities: Vec<f64> = bundle
         .score_many(&rows)
@@ -415,7 +415,7 @@ fn committed_default_bundle_is_reproducible() {
     let bytes = std::fs::read(&data_path).unwrap();
     assert_eq!(
         bundle.manifest.training_data_sha256,
-        cra::model::bundle::sha256_hex(&bytes)
+        cra_model::bundle::sha256_hex(&bytes)
     );
     // The committed data is what `cra generate` writes with the defaults.
     let dir = tempfile::tempdir().unwrap();
@@ -433,7 +433,7 @@ fn committed_default_bundle_is_reproducible() {
     )
     .unwrap();
     assert_eq!(
-        cra::model::bundle::sha256_hex(&model.booster_json),
+        cra_model::bundle::sha256_hex(&model.booster_json),
         bundle.manifest.artifact_sha256
     );
     let retrained = serde_json::to_value(&model.metrics).unwrap();
@@ -853,7 +853,7 @@ fn damaged_default(damage: impl FnOnce(&Path), resign: bool) -> tempfile::TempDi
             .iter()
             .map(|f| {
                 let bytes = std::fs::read(dir.path().join(f)).unwrap();
-                format!("{}  {f}\n", cra::model::bundle::sha256_hex(&bytes))
+                format!("{}  {f}\n", cra_model::bundle::sha256_hex(&bytes))
             })
             .collect();
         std::fs::write(dir.path().join("checksums.sha256"), sums).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use cra::audit::db;
+use cra::decision_log::db;
 use tokio_postgres::Client;
 
 use common::pg::TestDb;

@@ -43,7 +43,7 @@ use std::{
 
 use cra::{
     bench::random_applications,
-    contract::pb::{
+    grpc::pb::{
         credit_risk_service_client::CreditRiskServiceClient, CreditApplication, ScoreBatchRequest,
         ScoreRequest,
     },
@@ -277,7 +277,7 @@ impl CraServer {
             if let Ok(ch) = self.channel().await {
                 let serving = HealthClient::new(ch)
                     .check(HealthCheckRequest {
-                        service: cra::server::SERVICE_NAME.into(),
+                        service: cra::grpc::SERVICE_NAME.into(),
                     })
                     .await
                     .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
@@ -659,7 +659,7 @@ async fn soak_with_decision_log_postgres_restart_long_ids_and_idle_streams() {
 
     // Wait (bounded) until every decision answered is stored, then stop the server gracefully.
     // (A connection of its own, made after PostgreSQL's restart.)
-    let db = cra::audit::db::connect(
+    let db = cra::decision_log::db::connect(
         &pg.url("cra_soak").parse().unwrap(),
         Duration::from_secs(10),
     )

@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     config::{BenchArgs, BenchMode},
-    contract::pb::{
+    grpc::pb::{
         self, credit_risk_service_client::CreditRiskServiceClient, CreditApplication,
         ScoreBatchRequest, ScoreRequest,
     },
@@ -194,7 +194,7 @@ async fn connect(addr: &str, n: usize) -> Result<Vec<CreditRiskServiceClient<Cha
 
 /// `cra bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let threads = crate::server::worker_threads(None);
+    let threads = crate::grpc::worker_threads(None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

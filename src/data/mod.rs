@@ -1,6 +1,2 @@
-//! The data pipeline: the application type, the synthetic generator, and Parquet/CSV I/O.
-pub mod application;
-pub mod generator;
+//! Files of applications: Parquet (training sets, `cra score` input) and CSV.
 pub mod parquet;
-
-pub use application::{Application, EmploymentStatus, HomeOwnership, LoanPurpose};

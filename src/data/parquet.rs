@@ -25,11 +25,12 @@ use parquet::{
     file::properties::WriterProperties,
 };
 
-use super::application::{
+use cra_model::application::{
     self, Application, EmploymentStatus, HomeOwnership, LoanPurpose, CATEGORICAL_INPUTS, DERIVED,
     LABEL, NUMERIC_INPUTS, TRUE_PD,
 };
-use crate::model::preprocess::DEFAULT_ANNUAL_RATE;
+pub use cra_model::dataset::Dataset;
+use cra_model::preprocess::DEFAULT_ANNUAL_RATE;
 
 /// Numeric inputs that are counts or whole numbers; they are written as Int64 columns.
 pub const INTEGER_INPUTS: [&str; 8] = [
@@ -111,34 +112,6 @@ pub enum DataError {
 }
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
-
-/// A table of labelled applications: what the generator produces and the trainer consumes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dataset {
-    pub rows: Vec<Application>,
-    /// The `default` label of each row, 0 or 1.
-    pub labels: Vec<u8>,
-    /// The generator's default probability of each row, when the file has `true_pd`.
-    pub true_pd: Option<Vec<f64>>,
-}
-
-impl Dataset {
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// Share of rows labelled 1.
-    pub fn default_rate(&self) -> f64 {
-        if self.labels.is_empty() {
-            return f64::NAN;
-        }
-        self.labels.iter().map(|&l| l as f64).sum::<f64>() / self.labels.len() as f64
-    }
-}
 
 /// The columns a training file must have, in file order.
 pub fn required_columns() -> Vec<&'static str> {

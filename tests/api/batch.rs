@@ -10,9 +10,9 @@ use std::{
 use approx::assert_abs_diff_eq;
 use cra::{
     bench::random_applications,
-    contract::{
+    grpc::{
+        convert::validate,
         pb::{self, batch_result::Result as Item, ScoreBatchRequest},
-        validate::validate,
     },
 };
 use tonic::Code;

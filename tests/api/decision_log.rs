@@ -16,13 +16,12 @@ use std::{
 };
 
 use cra::{
-    audit::{recorder::follow_readiness, AuditConfig, AuditLog, DatabaseUrl},
     bench::random_applications,
-    contract::pb::{
+    decision_log::{DatabaseUrl, DecisionLog, DecisionLogConfig},
+    grpc::pb::{
         self, batch_result::Result as Item, credit_risk_service_client::CreditRiskServiceClient,
         ScoreBatchRequest, ScoreRequest,
     },
-    server::DECISION_LOG_CONDITION,
 };
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
@@ -33,7 +32,7 @@ use crate::common::pg::{Proxy, TestDb};
 use crate::helpers::{config, spawn_app_with, TestApp};
 
 /// The in-process server with a decision log writing to `url`, readiness following the log.
-async fn spawn_audited(url: DatabaseUrl, spool: &Path) -> (TestApp, AuditLog) {
+async fn spawn_audited(url: DatabaseUrl, spool: &Path) -> (TestApp, DecisionLog) {
     spawn_audited_with(url, spool, |_| {}).await
 }
 
@@ -41,19 +40,18 @@ async fn spawn_audited(url: DatabaseUrl, spool: &Path) -> (TestApp, AuditLog) {
 async fn spawn_audited_with(
     url: DatabaseUrl,
     spool: &Path,
-    adjust: impl FnOnce(&mut AuditConfig),
-) -> (TestApp, AuditLog) {
-    let mut cfg = AuditConfig::new(url, spool.to_owned());
+    adjust: impl FnOnce(&mut DecisionLogConfig),
+) -> (TestApp, DecisionLog) {
+    let mut cfg = DecisionLogConfig::new(url, spool.to_owned());
     cfg.flush_interval = Duration::from_millis(20);
     cfg.connect_timeout = Duration::from_secs(1);
     cfg.write_timeout = Duration::from_secs(2);
     cfg.retry_interval = Duration::from_millis(200);
     cfg.batch_size = 500;
     adjust(&mut cfg);
-    let audit = AuditLog::start(cfg).await.expect("decision log starts");
+    let audit = DecisionLog::start(cfg).await.expect("decision log starts");
     let recorder = audit.clone();
-    let app = spawn_app_with(config(), move |b| b.recorder(Arc::new(recorder))).await;
-    follow_readiness(&audit, app.handle.readiness(), DECISION_LOG_CONDITION);
+    let app = spawn_app_with(config(), move |b| b.decision_log(recorder)).await;
     app.wait_ready().await;
     (app, audit)
 }
@@ -410,7 +408,7 @@ async fn postgres_outage_under_load_loses_and_duplicates_nothing() {
         during > 0,
         "scoring continues while PostgreSQL is unreachable"
     );
-    assert!(app.handle.readiness().is_ready().await, "still ready");
+    assert!(app.handle.readiness().is_ready(), "still ready");
     assert!(audit.stats().spooled > 0, "{:?}", audit.stats());
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -499,7 +497,7 @@ impl CraProcess {
             {
                 let serving = HealthClient::new(ch.clone())
                     .check(HealthCheckRequest {
-                        service: cra::server::SERVICE_NAME.into(),
+                        service: cra::grpc::SERVICE_NAME.into(),
                     })
                     .await
                     .is_ok_and(|r| {
@@ -547,7 +545,7 @@ fn spooled_ids(dir: &Path) -> HashSet<Uuid> {
         if p.extension().is_some_and(|x| x == "spool") {
             let data = std::fs::read(&p).unwrap();
             ids.extend(
-                cra::audit::spool::decode_segment(&data)
+                cra::decision_log::spool::decode_segment(&data)
                     .frames
                     .records()
                     .iter()
@@ -716,9 +714,12 @@ async fn sigkill_under_load_with_postgres_up_then_restart_keeps_every_decision_a
 #[derive(Debug)]
 struct Refusing;
 
-impl cra::server::DecisionRecorder for Refusing {
-    fn record(&self, _: &cra::server::DecisionRecord<'_>) -> Result<(), cra::server::RecordError> {
-        Err(cra::server::RecordError("spool full".into()))
+impl cra::scoring::DecisionRecorder for Refusing {
+    fn record(
+        &self,
+        _: &cra::scoring::DecisionRecord<'_>,
+    ) -> Result<(), cra::scoring::RecordError> {
+        Err(cra::scoring::RecordError("spool full".into()))
     }
 }
 
@@ -768,8 +769,11 @@ struct Behind {
     recorded: AtomicU64,
 }
 
-impl cra::server::DecisionRecorder for Behind {
-    fn record(&self, _: &cra::server::DecisionRecord<'_>) -> Result<(), cra::server::RecordError> {
+impl cra::scoring::DecisionRecorder for Behind {
+    fn record(
+        &self,
+        _: &cra::scoring::DecisionRecord<'_>,
+    ) -> Result<(), cra::scoring::RecordError> {
         self.recorded.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

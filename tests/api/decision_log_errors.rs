@@ -12,10 +12,9 @@ use std::{
 };
 
 use cra::{
-    audit::{recorder::follow_readiness, tuple, AuditConfig, AuditLog, DatabaseUrl},
     bench::random_applications,
-    contract::pb::{self, batch_result::Result as Item, ScoreBatchRequest, ScoreRequest},
-    server::DECISION_LOG_CONDITION,
+    decision_log::{copy_row as tuple, DatabaseUrl, DecisionLog, DecisionLogConfig},
+    grpc::pb::{self, batch_result::Result as Item, ScoreBatchRequest, ScoreRequest},
 };
 use uuid::Uuid;
 
@@ -24,17 +23,16 @@ use crate::helpers::{config, spawn_app_with, TestApp};
 
 /// The in-process server with a decision log writing to `url`; batches are cut every
 /// `flush`, so that what a test sends together lands in one batch.
-async fn spawn_audited(url: DatabaseUrl, spool: &Path, flush: Duration) -> (TestApp, AuditLog) {
-    let mut cfg = AuditConfig::new(url, spool.to_owned());
+async fn spawn_audited(url: DatabaseUrl, spool: &Path, flush: Duration) -> (TestApp, DecisionLog) {
+    let mut cfg = DecisionLogConfig::new(url, spool.to_owned());
     cfg.flush_interval = flush;
     cfg.connect_timeout = Duration::from_secs(1);
     cfg.write_timeout = Duration::from_secs(5);
     cfg.retry_interval = Duration::from_millis(100);
     cfg.retry_max_interval = Duration::from_millis(800);
-    let audit = AuditLog::start(cfg).await.expect("decision log starts");
+    let audit = DecisionLog::start(cfg).await.expect("decision log starts");
     let recorder = audit.clone();
-    let app = spawn_app_with(config(), move |b| b.recorder(Arc::new(recorder))).await;
-    follow_readiness(&audit, app.handle.readiness(), DECISION_LOG_CONDITION);
+    let app = spawn_app_with(config(), move |b| b.decision_log(recorder)).await;
     app.wait_ready().await;
     (app, audit)
 }
@@ -300,7 +298,7 @@ async fn a_read_only_database_is_retried_until_every_decision_is_stored() {
     for _ in 0..4 {
         ids.extend(send(&mut app, &mut apps, 25).await);
         assert!(audit.status().accepting);
-        assert!(app.handle.readiness().is_ready().await, "still ready");
+        assert!(app.handle.readiness().is_ready(), "still ready");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(!audit.status().database_up, "writes still fail");

@@ -1,7 +1,7 @@
 //! grpc.health.v1: liveness "", readiness of the scoring service, Watch across shutdown.
 use std::time::Duration;
 
-use cra::server::SERVICE_NAME;
+use cra::grpc::SERVICE_NAME;
 use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
 
 use crate::helpers::{config, spawn_app_with};

@@ -7,6 +7,7 @@ mod decision_log_errors;
 mod health;
 mod helpers;
 mod reflection;
+mod registry;
 mod robustness;
 mod score;
 mod validation;

@@ -9,10 +9,10 @@ use std::{
 
 use cra::{
     config::ServeConfig,
-    contract::pb::{
+    grpc::pb::{
         self, credit_risk_service_client::CreditRiskServiceClient, ScoreBatchRequest, ScoreRequest,
     },
-    server::{DecisionRecord, DecisionRecorder, RecordError},
+    scoring::{DecisionRecord, DecisionRecorder, RecordError},
 };
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
@@ -136,10 +136,9 @@ fn limits_that_would_let_streams_starve_unary_calls_are_refused() {
         let mut cfg = config();
         cfg.max_concurrent_requests = total;
         cfg.max_concurrent_streams = streams;
-        let err = rt
-            .block_on(cra::server::ServerBuilder::new(cfg).bind())
-            .err()
-            .expect("refused");
+        let Err(err) = rt.block_on(cra::app::App::build(cfg)) else {
+            panic!("limits {total}/{streams:?} were accepted")
+        };
         assert!(
             err.to_string().contains("--max-concurrent-"),
             "says which flag to fix: {err}"
@@ -419,17 +418,14 @@ async fn a_start_that_fails_on_the_port_leaves_the_spool_alone() {
     let spool = dir.path().join("spool");
     let mut cfg = config();
     cfg.listen = taken.local_addr().unwrap();
-    cfg.audit.audit = cra::config::AuditMode::On;
-    cfg.audit.spool_dir = spool.clone();
+    cfg.decision_log.audit = cra::config::DecisionLogMode::On;
+    cfg.decision_log.spool_dir = spool.clone();
     // Nothing listens on port 1: the decision log would spool.
-    cfg.audit.database.database_url = "postgres://postgres@127.0.0.1:1/cra".parse().unwrap();
-    let err = tokio::time::timeout(
-        Duration::from_secs(30),
-        cra::server::serve_until(cfg, std::future::pending()),
-    )
-    .await
-    .expect("returns at once")
-    .expect_err("the port is taken");
+    cfg.decision_log.database.database_url = "postgres://postgres@127.0.0.1:1/cra".parse().unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), cra::app::App::build(cfg))
+        .await
+        .expect("returns at once")
+        .expect_err("the port is taken");
     assert!(
         format!("{err:#}").contains("cannot listen"),
         "names the port: {err:#}"
@@ -547,7 +543,7 @@ async fn peak_memory_stays_bounded_under_oversized_messages() {
         {
             let ready = tonic_health::pb::health_client::HealthClient::new(ch.clone())
                 .check(tonic_health::pb::HealthCheckRequest {
-                    service: cra::server::SERVICE_NAME.into(),
+                    service: cra::grpc::SERVICE_NAME.into(),
                 })
                 .await
                 .is_ok_and(|r| {

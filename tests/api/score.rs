@@ -1,10 +1,7 @@
 //! Unary Score and GetModelInfo.
 use approx::assert_abs_diff_eq;
-use cra::{
-    contract::pb::{self, GetModelInfoRequest, ScoreRequest},
-    data::Application,
-    model::RiskLevel,
-};
+use cra::grpc::pb::{self, GetModelInfoRequest, ScoreRequest};
+use cra_model::{Application, RiskLevel};
 use tonic::{Code, Request};
 
 use crate::helpers::{example, spawn_app};

@@ -1,5 +1,5 @@
 //! Every validation rule, one bad field at a time, then many at once.
-use cra::contract::pb::{self, ScoreRequest};
+use cra::grpc::pb::{self, ScoreRequest};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cra::audit::{db, DatabaseUrl};
+use cra::decision_log::{db, DatabaseUrl};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,

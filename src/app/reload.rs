@@ -1,0 +1,100 @@
+//! Hot reload of the models: on SIGHUP, and when the models file changes.
+//!
+//! Both triggers end in [`Registry::reload`], run on a blocking thread: the new set is loaded
+//! and verified before it replaces the old one; a refused set leaves the old one serving.
+//! Reloads never touch readiness.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::scoring::Registry;
+
+/// Changes to the models file within this window are one reload (editors write in steps).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Why a reload was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Signal,
+    FileChanged,
+    Api,
+}
+
+/// Runs reloads one after another for the triggers sent to the returned sender; ends when
+/// every sender is dropped.
+pub fn spawn_reloader(
+    registry: Arc<Registry>,
+) -> (mpsc::Sender<Trigger>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Trigger>(16);
+    let task = tokio::spawn(async move {
+        while let Some(trigger) = rx.recv().await {
+            if trigger == Trigger::FileChanged {
+                // Let the writer finish, and fold the burst of events into one reload.
+                tokio::time::sleep(SETTLE).await;
+                while rx.try_recv().is_ok() {}
+            }
+            tracing::info!(?trigger, "reloading the models from {}", registry.source());
+            let r = registry.clone();
+            // Errors are logged and kept by the registry; the old set keeps serving.
+            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        }
+    });
+    (tx, task)
+}
+
+/// Sends [`Trigger::Signal`] on every SIGHUP (Unix only).
+pub fn on_sighup(tx: mpsc::Sender<Trigger>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the models");
+                if tx.send(Trigger::Signal).await.is_err() {
+                    break;
+                }
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        drop(tx);
+        Ok(tokio::spawn(async {}))
+    }
+}
+
+/// Watches the directory of `file` (editors and `mv` replace the file, so the file itself
+/// cannot be watched) and sends [`Trigger::FileChanged`] when an event names the file. The
+/// watcher stops when the returned value is dropped.
+pub fn watch_file(
+    file: &Path,
+    tx: mpsc::Sender<Trigger>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let file: PathBuf = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    let dir = file
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = file.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_owned()) == name)
+        {
+            // A full queue already holds a reload that will read the file.
+            let _ = tx.try_send(Trigger::FileChanged);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}

@@ -1,0 +1,342 @@
+//! The decision log as the server's [`DecisionRecorder`]: encodes the server's borrowed view of
+//! a decision once, as a row (see [`super::copy_row`]), and hands it to the [`DecisionLog`] without
+//! waiting.
+
+use super::copy_row;
+use super::spool::Frames;
+use super::writer::DecisionLog;
+use crate::scoring::record as srv;
+
+/// Room for one encoded row (a scored decision takes about 560 bytes).
+const ROW_BYTES: usize = 640;
+
+/// Keeps the server's readiness condition `name` equal to "decisions can be recorded" (false
+/// when PostgreSQL is down and the spool is full or failing). `None` when the log is disabled.
+pub fn follow_readiness(
+    log: &DecisionLog,
+    readiness: crate::readiness::Readiness,
+    name: &'static str,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut rx = log.subscribe()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let accepting = rx.borrow_and_update().accepting;
+            if !accepting {
+                tracing::error!(
+                    "the decision log cannot record decisions: readiness is NOT_SERVING"
+                );
+            }
+            readiness.set(name, accepting);
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }))
+}
+
+impl srv::DecisionRecorder for DecisionLog {
+    fn record(&self, record: &srv::DecisionRecord<'_>) -> Result<(), srv::RecordError> {
+        self.record_chunk(std::slice::from_ref(record))
+    }
+
+    fn record_chunk(&self, records: &[srv::DecisionRecord<'_>]) -> Result<(), srv::RecordError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        // One encoding buffer per thread, reused: recording allocates nothing per decision.
+        thread_local! {
+            static FRAMES: std::cell::RefCell<Frames> = std::cell::RefCell::new(Frames::with_capacity(64 * ROW_BYTES));
+        }
+        FRAMES
+            .with(|cell| {
+                let mut frames = cell.borrow_mut();
+                frames.clear();
+                for r in records {
+                    frames.push(|out| copy_row::encode_view(r, out));
+                }
+                let result = self.record_frames(&frames);
+                if frames.as_bytes().len() > 1024 * ROW_BYTES {
+                    // Do not keep a large stream chunk's buffer alive on the thread.
+                    *frames = Frames::with_capacity(64 * ROW_BYTES);
+                }
+                result
+            })
+            // The client sees a plain message, never the spool's paths or sizes (those are
+            // logged by the log itself).
+            .map_err(|_| srv::RecordError(super::writer::UNAVAILABLE_MESSAGE.to_owned()))
+    }
+
+    fn backlogged(&self) -> bool {
+        DecisionLog::backlogged(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, SystemTime};
+
+    use chrono::{DateTime, Utc};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::decision_log::row::{
+        DecisionRow, Outcome, RecordedInputs, Rpc, ScoredResult, Violation,
+    };
+    use cra_model::{
+        ApplicationInput, Category, EmploymentStatus, FieldViolation, HomeOwnership, LoanPurpose,
+        ModelBundle,
+    };
+
+    use crate::scoring::Role;
+
+    fn whole(v: Option<f64>) -> Option<i32> {
+        v.filter(|x| x.fract() == 0.0 && x.abs() <= f64::from(i32::MAX))
+            .map(|x| x as i32)
+    }
+
+    /// The 17 inputs of a request exactly as received.
+    pub fn recorded_inputs(a: &ApplicationInput) -> RecordedInputs {
+        RecordedInputs {
+            age: whole(a.age),
+            income: a.income,
+            employment_length: a.employment_length,
+            credit_score: whole(a.credit_score),
+            num_credit_lines: whole(a.num_credit_lines),
+            credit_utilization: a.credit_utilization,
+            debt_to_income: a.debt_to_income,
+            total_debt: a.total_debt,
+            savings: a.savings,
+            loan_amount: a.loan_amount,
+            loan_term: whole(a.loan_term),
+            num_late_payments: whole(a.num_late_payments),
+            num_bankruptcies: whole(a.num_bankruptcies),
+            inquiries_last_6m: whole(a.inquiries_last_6m),
+            employment_status: a.employment_status.recorded::<EmploymentStatus>(),
+            home_ownership: a.home_ownership.recorded::<HomeOwnership>(),
+            loan_purpose: a.loan_purpose.recorded::<LoanPurpose>(),
+        }
+    }
+
+    /// The owned record of one decision as the scoring core describes it.
+    pub fn to_record(r: &srv::DecisionRecord<'_>) -> DecisionRow {
+        let rpc = match r.rpc {
+            srv::Rpc::Unary => Rpc::Unary,
+            srv::Rpc::Stream { .. } => Rpc::Stream,
+            srv::Rpc::Offline { .. } => Rpc::Offline,
+        };
+        let (stream_id, stream_position) = match r.rpc.stream() {
+            Some((id, p)) => (Some(id), Some(i64::try_from(p).unwrap_or(i64::MAX))),
+            None => (None, None),
+        };
+        let outcome = match r.outcome {
+            srv::Outcome::Scored {
+                application,
+                decision,
+            } => {
+                let (monthly_payment, payment_to_income) =
+                    r.model.preprocessor().derived(application);
+                Outcome::Scored(ScoredResult {
+                    monthly_payment,
+                    payment_to_income,
+                    margin: decision.margin as f64,
+                    probability_default: decision.probability_default,
+                    risk_score: decision.risk_score,
+                    risk_level: decision.risk_level.as_str().to_owned(),
+                    prediction: decision.prediction as i16,
+                })
+            }
+            srv::Outcome::Invalid { violations } => Outcome::Invalid(
+                violations
+                    .iter()
+                    .map(|v| Violation {
+                        field: v.field.to_owned(),
+                        description: v.description.clone(),
+                    })
+                    .collect(),
+            ),
+        };
+        DecisionRow {
+            decision_id: r.decision_id,
+            request_id: r.request_id.to_owned(),
+            application_id: r
+                .input
+                .map(|a| a.application_id.clone())
+                .unwrap_or_default(),
+            rpc,
+            stream_id,
+            stream_position,
+            received_at: DateTime::<Utc>::from(r.received_at),
+            decided_at: DateTime::<Utc>::from(r.decided_at),
+            peer: r.peer.map(|p| p.to_string()),
+            client_id: None,
+            model_version: r.model.version().to_owned(),
+            model_sha256: r.model.manifest.artifact_sha256.clone(),
+            inputs: r.input.map(recorded_inputs).unwrap_or_default(),
+            outcome,
+            latency_us: i64::try_from(r.latency.as_micros()).unwrap_or(i64::MAX),
+            model_role: r.role.as_str().to_owned(),
+            shadow_of: r.shadow_of,
+        }
+    }
+
+    fn model() -> ModelBundle {
+        ModelBundle::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default")).unwrap()
+    }
+
+    /// The fast encoder writes byte for byte what the owned record of the same view encodes
+    /// to, for scored, rejected, streamed, offline, shadow, application-less and odd-category
+    /// decisions.
+    #[test]
+    fn view_rows_equal_owned_record_rows() {
+        let model = model();
+        let mut good =
+            ApplicationInput::from_application(&cra_model::Application::example(), "app-\0-1");
+        good.num_bankruptcies = None;
+        good.employment_status = Category::Code(2);
+        let app = good.validate().unwrap();
+        let decision = model.score(&app);
+        let odd = ApplicationInput {
+            income: Some(f64::NAN),
+            age: Some(30.5),
+            loan_purpose: Category::Code(42),
+            home_ownership: Category::Code(0),
+            employment_status: Category::Name("astronaut".into()),
+            ..good.clone()
+        };
+        let violations = vec![
+            FieldViolation {
+                field: "income",
+                description: "must be finite".into(),
+            },
+            FieldViolation {
+                field: "loan_purpose",
+                description: "unknown value 42 \"quoted\"".into(),
+            },
+        ];
+        let peer: SocketAddr = "[::1]:50123".parse().unwrap();
+        let now = SystemTime::now();
+        let base = srv::DecisionRecord {
+            decision_id: crate::decision_log::new_decision_id(),
+            request_id: "req-1",
+            rpc: srv::Rpc::Unary,
+            peer: Some(peer),
+            received_at: now - Duration::from_micros(7),
+            decided_at: now,
+            latency: Duration::from_nanos(6_900),
+            model: &model,
+            role: Role::Champion,
+            shadow_of: None,
+            input: Some(&good),
+            outcome: srv::Outcome::Scored {
+                application: &app,
+                decision: &decision,
+            },
+        };
+        let views = [
+            base,
+            srv::DecisionRecord {
+                rpc: srv::Rpc::Stream {
+                    stream_id: Uuid::now_v7(),
+                    position: 12,
+                },
+                peer: None,
+                role: Role::Challenger,
+                ..base
+            },
+            srv::DecisionRecord {
+                input: Some(&odd),
+                outcome: srv::Outcome::Invalid {
+                    violations: &violations,
+                },
+                ..base
+            },
+            srv::DecisionRecord {
+                input: None,
+                outcome: srv::Outcome::Invalid {
+                    violations: &violations[..1],
+                },
+                ..base
+            },
+            srv::DecisionRecord {
+                rpc: srv::Rpc::Offline {
+                    run_id: Uuid::now_v7(),
+                    position: 99,
+                },
+                role: Role::Shadow,
+                shadow_of: Some(Uuid::now_v7()),
+                ..base
+            },
+        ];
+        for v in &views {
+            let mut fast = Vec::new();
+            copy_row::encode_view(v, &mut fast);
+            let mut reference = Vec::new();
+            copy_row::encode(&to_record(v), &mut reference);
+            assert_eq!(fast, reference, "{:?}", copy_row::decode(&fast));
+        }
+        let row = |v: &srv::DecisionRecord<'_>| {
+            let mut b = Vec::new();
+            copy_row::encode_view(v, &mut b);
+            copy_row::decode(&b).unwrap()
+        };
+        let odd_row = row(&views[2]);
+        let i = &odd_row.inputs;
+        assert_eq!(i.employment_status.as_deref(), Some("unknown:astronaut"));
+        assert_eq!(i.home_ownership.as_deref(), Some("unspecified"));
+        assert_eq!(i.loan_purpose.as_deref(), Some("unknown(42)"));
+        assert!(i.income.unwrap().is_nan());
+        assert_eq!(
+            i.age, None,
+            "a fractional age is not an integer column value"
+        );
+        assert_eq!(i.num_bankruptcies, None);
+        assert_eq!(odd_row.application_id, "app-\u{FFFD}-1");
+        assert_eq!(odd_row.peer.as_deref(), Some("[::1]:50123"));
+        assert_eq!(odd_row.latency_us, 6);
+        assert_eq!(
+            row(&views[0]).inputs.employment_status.as_deref(),
+            Some("self_employed")
+        );
+        let shadow = row(&views[4]);
+        assert_eq!(shadow.model_role, "shadow");
+        assert_eq!(shadow.shadow_of, views[4].shadow_of);
+        assert_eq!(shadow.stream_position, Some(99));
+    }
+
+    /// A row journaled by a build before V5 (39 columns) is read as a live champion decision.
+    #[test]
+    fn legacy_rows_are_upgraded() {
+        let model = model();
+        let input = ApplicationInput::from_application(&cra_model::Application::example(), "a");
+        let app = input.validate().unwrap();
+        let decision = model.score(&app);
+        let view = srv::DecisionRecord {
+            decision_id: Uuid::now_v7(),
+            request_id: "r",
+            rpc: srv::Rpc::Unary,
+            peer: None,
+            received_at: SystemTime::now(),
+            decided_at: SystemTime::now(),
+            latency: Duration::from_micros(3),
+            model: &model,
+            role: Role::Champion,
+            shadow_of: None,
+            input: Some(&input),
+            outcome: srv::Outcome::Scored {
+                application: &app,
+                decision: &decision,
+            },
+        };
+        let mut today = Vec::new();
+        copy_row::encode_view(&view, &mut today);
+        // The same row as the older build wrote it: 39 fields, without the last two.
+        let role_and_link = 4 + "champion".len() + 4;
+        let mut legacy = today[..today.len() - role_and_link].to_vec();
+        legacy[..2].copy_from_slice(&copy_row::LEGACY_FIELDS.to_be_bytes());
+        let mut upgraded = Vec::new();
+        copy_row::upgrade_legacy(&legacy, &mut upgraded).unwrap();
+        assert_eq!(upgraded, today);
+        assert!(copy_row::upgrade_legacy(&today, &mut Vec::new()).is_err());
+    }
+}

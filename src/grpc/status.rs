@@ -1,0 +1,145 @@
+//! The one place where the scoring core's errors become gRPC statuses (and inline stream item
+//! errors).
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{convert::violations_to_pb, pb};
+use crate::scoring::error::summary;
+pub use crate::scoring::ScoreError as ServeError;
+use cra_model::FieldViolation;
+
+/// The gRPC mapping of [`ServeError`].
+pub trait GrpcError {
+    fn code(&self) -> Code;
+    fn to_item_error(&self) -> pb::ItemError;
+}
+
+impl GrpcError for ServeError {
+    /// The gRPC code of this error.
+    fn code(&self) -> Code {
+        match self {
+            ServeError::InvalidArgument(_) | ServeError::TooManyItems { .. } => {
+                Code::InvalidArgument
+            }
+            ServeError::Overloaded { .. }
+            | ServeError::MessageTooLarge { .. }
+            | ServeError::BufferBudget { .. } => Code::ResourceExhausted,
+            ServeError::Unrecorded(_) => Code::Unavailable,
+            ServeError::DeadlineExceeded(_) | ServeError::StreamIdle(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// The inline form of this error for one item of a ScoreBatch stream; the message is cut
+    /// to [`MAX_ITEM_MESSAGE_BYTES`], so that every answer has a bounded size.
+    fn to_item_error(&self) -> pb::ItemError {
+        pb::ItemError {
+            code: self.code() as i32,
+            message: truncated(self.to_string(), MAX_ITEM_MESSAGE_BYTES),
+            field_violations: match self {
+                ServeError::InvalidArgument(v) => violations_to_pb(v),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+/// Longest `ItemError.message` sent, in bytes.
+pub const MAX_ITEM_MESSAGE_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes at a character boundary, marked with an ellipsis when cut.
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// The inline error of a stream item that failed validation.
+pub fn invalid_item_error(v: &[FieldViolation]) -> pb::ItemError {
+    pb::ItemError {
+        code: Code::InvalidArgument as i32,
+        message: format!("invalid application: {}", summary(v)),
+        field_violations: violations_to_pb(v),
+    }
+}
+
+impl From<ServeError> for Status {
+    fn from(e: ServeError) -> Status {
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            ServeError::InvalidArgument(violations) => {
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(code, message, details)
+            }
+            ServeError::TooManyItems { limit } => {
+                let details = ErrorDetails::with_bad_request_violation(
+                    "applications",
+                    format!("at most {limit} applications per ScoreBatch request message"),
+                );
+                Status::with_error_details(code, message, details)
+            }
+            _ => Status::new(code, message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::RecordError;
+
+    #[test]
+    fn bad_request_details_name_every_field() {
+        let status: Status = ServeError::InvalidArgument(vec![
+            FieldViolation::new("age", "too young"),
+            FieldViolation::new("income", "negative"),
+        ])
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["age", "income"]);
+    }
+
+    #[test]
+    fn overload_is_resource_exhausted() {
+        let status: Status = ServeError::Overloaded {
+            limit: 1,
+            what: "calls",
+            flag: "max-concurrent-requests",
+        }
+        .into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("--max-concurrent-requests"));
+    }
+
+    #[test]
+    fn item_error_messages_are_bounded() {
+        let e = ServeError::Unrecorded(RecordError("é".repeat(10_000)));
+        let item = e.to_item_error();
+        assert!(
+            item.message.len() <= MAX_ITEM_MESSAGE_BYTES,
+            "{}",
+            item.message.len()
+        );
+        assert!(item.message.ends_with('…'));
+        assert_eq!(truncated("short".into(), 10), "short");
+    }
+}

@@ -1,0 +1,311 @@
+//! The scoring core: validate → route → score → record, for every entry point.
+//!
+//! It knows no transport. The gRPC handlers, `cra score` and later the REST, Open Inference
+//! Protocol and Python adapters turn what they received into [`ApplicationInput`]s, call the
+//! [`Scorer`], and map its [`ScoreError`] once into their own error form.
+//!
+//! - [`registry`]: the models (champion, challengers, shadows), hot reload;
+//! - [`shadow`]: shadow scoring off the response path;
+//! - [`record`]: the neutral view of a decision handed to the decision log;
+//! - [`error`]: the one error type.
+pub mod error;
+pub mod record;
+pub mod registry;
+pub mod shadow;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use cra_model::{Application, ApplicationInput, Decision, FieldViolation};
+use uuid::Uuid;
+
+pub use error::ScoreError;
+pub use record::{DecisionRecord, DecisionRecorder, Outcome, RecordError, Rpc};
+pub use registry::{Member, ModelSet, ModelSource, Registry, Role};
+pub use shadow::{ShadowRunner, ShadowStats};
+
+/// Who asked, and when: everything about a call that goes into its decision rows.
+#[derive(Debug, Clone, Copy)]
+pub struct CallContext<'a> {
+    pub request_id: &'a str,
+    /// The entry point; for a batch, the position of its first item.
+    pub rpc: Rpc,
+    pub peer: Option<SocketAddr>,
+    pub received_at: SystemTime,
+    pub started: Instant,
+    /// When the answer is due, and the limit it came from (for the error).
+    pub deadline: Option<(Instant, Duration)>,
+}
+
+impl CallContext<'_> {
+    /// A call already late gets no decision, so no row: the client would never see it.
+    pub fn check_deadline(&self) -> Result<(), ScoreError> {
+        match self.deadline {
+            Some((at, limit)) if Instant::now() >= at => Err(ScoreError::DeadlineExceeded(limit)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One live decision, answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The decision log's id (the nil UUID when the log is off).
+    pub decision_id: Uuid,
+    pub decision: Decision,
+    pub member: usize,
+    pub set: Arc<ModelSet>,
+}
+
+impl Answer {
+    pub fn model(&self) -> &Member {
+        &self.set.live[self.member]
+    }
+}
+
+/// One item of a batch after scoring.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Scored {
+        /// Index of the live model in the set.
+        member: usize,
+        application: Application,
+        decision: Decision,
+    },
+    Invalid(Vec<FieldViolation>),
+}
+
+/// The scoring core shared by every entry point.
+#[derive(Debug)]
+pub struct Scorer {
+    registry: Arc<Registry>,
+    recorder: Option<Arc<dyn DecisionRecorder>>,
+    shadows: ShadowRunner,
+    /// Most applications of a batch scored by one `score_many` call.
+    chunk: usize,
+}
+
+impl Scorer {
+    pub fn new(
+        registry: Arc<Registry>,
+        recorder: Option<Arc<dyn DecisionRecorder>>,
+        chunk: usize,
+    ) -> Scorer {
+        let shadows = ShadowRunner::start(recorder.clone());
+        Scorer {
+            registry,
+            recorder,
+            shadows,
+            chunk: chunk.max(1),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The models serving now; a call takes them once and finishes on them.
+    pub fn models(&self) -> Arc<ModelSet> {
+        self.registry.current()
+    }
+
+    pub fn recorder(&self) -> Option<&Arc<dyn DecisionRecorder>> {
+        self.recorder.as_ref()
+    }
+
+    pub fn shadow_stats(&self) -> &ShadowStats {
+        self.shadows.stats()
+    }
+
+    /// True while the decision log is behind (a batch should pause before reading more).
+    pub fn backlogged(&self) -> bool {
+        self.recorder.as_ref().is_some_and(|r| r.backlogged())
+    }
+
+    /// A fresh decision id when the decision log is on, else the nil UUID.
+    fn decision_id(&self) -> Uuid {
+        if self.recorder.is_some() {
+            Uuid::now_v7()
+        } else {
+            Uuid::nil()
+        }
+    }
+
+    /// Scores one application (`None`: the request had none, which is invalid like any bad
+    /// field) and records the decision before returning it.
+    pub fn score(
+        &self,
+        ctx: &CallContext<'_>,
+        input: Option<&ApplicationInput>,
+    ) -> Result<Answer, ScoreError> {
+        ctx.check_deadline()?;
+        let set = self.models();
+        let validated = match input {
+            Some(input) => input.validate(),
+            None => Err(ScoreError::missing_application_violations()),
+        };
+        let member = set.route(input.map_or("", |i| i.application_id.as_str()));
+        let bundle = &set.live[member].bundle;
+        let scored = validated.map(|app| {
+            let decision = bundle.score(&app);
+            (app, decision)
+        });
+        // The last deadline check: once recorded, the decision is answered.
+        ctx.check_deadline()?;
+        let decision_id = self.decision_id();
+        if let Some(recorder) = &self.recorder {
+            let outcome = match &scored {
+                Ok((application, decision)) => Outcome::Scored {
+                    application,
+                    decision,
+                },
+                Err(violations) => Outcome::Invalid { violations },
+            };
+            recorder.record(&DecisionRecord {
+                decision_id,
+                request_id: ctx.request_id,
+                rpc: ctx.rpc,
+                peer: ctx.peer,
+                received_at: ctx.received_at,
+                decided_at: SystemTime::now(),
+                latency: ctx.started.elapsed(),
+                model: bundle,
+                role: set.live[member].role,
+                shadow_of: None,
+                input,
+                outcome,
+            })?;
+        }
+        let (application, decision) = scored.map_err(ScoreError::InvalidArgument)?;
+        if !set.shadows.is_empty() {
+            if let Some(input) = input {
+                self.shadows.submit(
+                    &set,
+                    ctx,
+                    vec![(decision_id, 0, input.clone(), application)],
+                );
+            }
+        }
+        Ok(Answer {
+            decision_id,
+            decision,
+            member,
+            set,
+        })
+    }
+
+    /// Validates, routes and scores a batch on `set` (pure computation: no recording). The
+    /// items are in input order.
+    pub fn decide(&self, set: &ModelSet, inputs: &[ApplicationInput]) -> Vec<Item> {
+        let mut items: Vec<Item> = Vec::with_capacity(inputs.len());
+        // Valid applications of each live model, with their item index.
+        let mut groups: Vec<(Vec<usize>, Vec<Application>)> = (0..set.live.len())
+            .map(|_| (Vec::new(), Vec::new()))
+            .collect();
+        for (i, input) in inputs.iter().enumerate() {
+            match input.validate() {
+                Ok(app) => {
+                    let member = set.route(&input.application_id);
+                    groups[member].0.push(i);
+                    groups[member].1.push(app);
+                    items.push(Item::Invalid(Vec::new())); // replaced below
+                }
+                Err(v) => items.push(Item::Invalid(v)),
+            }
+        }
+        for (member, (indices, apps)) in groups.into_iter().enumerate() {
+            if indices.is_empty() {
+                continue;
+            }
+            let bundle = &set.live[member].bundle;
+            let mut decisions = Vec::with_capacity(apps.len());
+            for slice in apps.chunks(self.chunk) {
+                decisions.extend(bundle.score_many(slice));
+            }
+            for ((i, application), decision) in indices.into_iter().zip(apps).zip(decisions) {
+                items[i] = Item::Scored {
+                    member,
+                    application,
+                    decision,
+                };
+            }
+        }
+        items
+    }
+
+    /// Records the decisions of a batch decided on `set` (all or none), then hands the scored
+    /// ones to the shadows. Returns the decision id of each item, in order. `ctx.rpc` is the
+    /// position of the first item.
+    pub fn record_batch(
+        &self,
+        ctx: &CallContext<'_>,
+        set: &Arc<ModelSet>,
+        inputs: &[ApplicationInput],
+        items: &[Item],
+        decided_at: SystemTime,
+        latency: Duration,
+    ) -> Result<Vec<Uuid>, ScoreError> {
+        let ids: Vec<Uuid> = items.iter().map(|_| self.decision_id()).collect();
+        if let Some(recorder) = &self.recorder {
+            let records: Vec<DecisionRecord<'_>> = inputs
+                .iter()
+                .zip(items)
+                .zip(&ids)
+                .enumerate()
+                .map(|(i, ((input, item), id))| {
+                    let (member, outcome) = match item {
+                        Item::Scored {
+                            member,
+                            application,
+                            decision,
+                        } => (
+                            *member,
+                            Outcome::Scored {
+                                application,
+                                decision,
+                            },
+                        ),
+                        Item::Invalid(violations) => (
+                            set.route(&input.application_id),
+                            Outcome::Invalid { violations },
+                        ),
+                    };
+                    DecisionRecord {
+                        decision_id: *id,
+                        request_id: ctx.request_id,
+                        rpc: ctx.rpc.advanced(i as u64),
+                        peer: ctx.peer,
+                        received_at: ctx.received_at,
+                        decided_at,
+                        latency,
+                        model: &set.live[member].bundle,
+                        role: set.live[member].role,
+                        shadow_of: None,
+                        input: Some(input),
+                        outcome,
+                    }
+                })
+                .collect();
+            recorder.record_chunk(&records)?;
+        }
+        if !set.shadows.is_empty() {
+            let work = inputs
+                .iter()
+                .zip(items)
+                .zip(&ids)
+                .enumerate()
+                .filter_map(|(i, ((input, item), id))| match item {
+                    Item::Scored { application, .. } => {
+                        Some((*id, i as u64, input.clone(), *application))
+                    }
+                    Item::Invalid(_) => None,
+                })
+                .collect();
+            self.shadows.submit(set, ctx, work);
+        }
+        Ok(ids)
+    }
+}
