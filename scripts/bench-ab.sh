@@ -7,12 +7,16 @@
 #
 #   scripts/bench-ab.sh A_BIN B_BIN [ROUNDS]      results go to results/ab-<UTC time>/
 # Both binaries must find libxgboost (LD_LIBRARY_PATH, or the rpath of a build that sets one).
-# env: DURATION (15s), CONCURRENCY (64), CONNECTIONS (2), PORT (50581),
-#      PG_SERVER (postgres://postgres@127.0.0.1:5432), AUDIT (on), EXTRA_SERVE_ARGS ("")
+# env: MODE (unary, or stream: ScoreBatch streams of CHUNK applications per message),
+#      DURATION (15s), CONCURRENCY (64; streams in stream mode), CONNECTIONS (2), CHUNK (1000),
+#      PORT (50581), PG_SERVER (postgres://postgres@127.0.0.1:5432), AUDIT (on),
+#      EXTRA_SERVE_ARGS ("")
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 A=$(readlink -f "$1"); B=$(readlink -f "$2"); ROUNDS=${3:-2}
 DURATION=${DURATION:-15s}
+MODE=${MODE:-unary}
+CHUNK=${CHUNK:-1000}
 CONCURRENCY=${CONCURRENCY:-64}
 CONNECTIONS=${CONNECTIONS:-2}
 PORT=${PORT:-50581}
@@ -38,7 +42,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "A: $A ($("$A" --version))"
   echo "B: $B ($("$B" --version))"
-  echo "bench: --mode unary --connections $CONNECTIONS --concurrency $CONCURRENCY --duration $DURATION, audit $AUDIT"
+  echo "bench: --mode $MODE --connections $CONNECTIONS --concurrency $CONCURRENCY --chunk $CHUNK --duration $DURATION, audit $AUDIT"
 } | tee "$OUT/env.txt"
 for r in $(seq 1 "$ROUNDS"); do
   for side in A B; do
@@ -56,7 +60,7 @@ for r in $(seq 1 "$ROUNDS"); do
     done
     before=$(ticks "$PID")
     echo "== round $r $side (load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/summary.txt"
-    "$B" bench --addr "$ADDR" --mode unary --connections "$CONNECTIONS" \
+    "$B" bench --addr "$ADDR" --mode "$MODE" --connections "$CONNECTIONS" --chunk "$CHUNK" \
       --concurrency "$CONCURRENCY" --duration "$DURATION" --json >"$OUT/bench-$r$side.json"
     after=$(ticks "$PID")
     python3 - "$OUT/bench-$r$side.json" "$before" "$after" "$(getconf CLK_TCK)" <<'PY' | tee -a "$OUT/summary.txt"
@@ -65,7 +69,7 @@ r = json.load(open(sys.argv[1]))
 cpu_s = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
 calls = r["requests_ok"] if "requests_ok" in r else r.get("ok", 0)
 l, s = r["latency_ms"], r["server_time_us"]
-print(f"  throughput {r['requests_per_s']:.0f} req/s; client latency ms p50 {l['p50']:.3f} p99 {l['p99']:.3f} "
+print(f"  throughput {r['requests_per_s']:.0f} req/s, {r['applications_per_s']:.0f} applications/s; client latency ms p50 {l['p50']:.3f} p99 {l['p99']:.3f} "
       f"p99.9 {l['p999']:.3f} max {l['max']:.3f}")
 print(f"  handler time us p50 {s['p50']:.1f} p99 {s['p99']:.1f} p99.9 {s['p999']:.1f} max {s['max']:.1f}")
 if calls:

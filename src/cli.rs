@@ -73,6 +73,20 @@ fn train(args: &crate::config::TrainArgs) -> Result<()> {
         tree_method: args.tree_method.clone(),
         early_stopping_rounds: args.early_stopping_rounds,
         nthread: args.nthread,
+        reason_codes: match &args.reason_codes {
+            None => cra_model::explain::ReasonCodeTable::standard(),
+            Some(path) => {
+                use anyhow::Context;
+                let text = std::fs::read(path)
+                    .with_context(|| format!("reading the reason-code table {}", path.display()))?;
+                serde_json::from_slice(&text).with_context(|| {
+                    format!(
+                        "{} is not a reason-code table (see models/default/reason_codes.json)",
+                        path.display()
+                    )
+                })?
+            }
+        },
         ..Default::default()
     };
     let started = std::time::Instant::now();

@@ -97,8 +97,21 @@ pub struct TrainArgs {
     /// libxgboost threads; fixed by default so the same data and seed give the same model.
     #[arg(long, env = "CRA_TRAIN_THREADS", default_value_t = 1)]
     pub nthread: u32,
+    /// A reason-code table (JSON, as `models/default/reason_codes.json`) to write with the
+    /// bundle instead of the standard one; every model feature must belong to exactly one code.
+    #[arg(long, env = "CRA_REASON_CODES")]
+    pub reason_codes: Option<PathBuf>,
 }
 
+/// The number of worker (or scoring) threads: the CPUs this process may use (respects cgroup quotas and
+/// CPU affinity), unless overridden.
+pub fn worker_threads(configured: Option<usize>) -> usize {
+    configured.filter(|n| *n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
 /// Parses a duration such as `250ms`, `30s`, `2m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
@@ -137,6 +150,11 @@ pub struct ServeConfig {
     /// replaces --model. Reloaded on SIGHUP and whenever the file changes.
     #[arg(long, env = "CRA_MODELS", conflicts_with = "model")]
     pub models: Option<PathBuf>,
+    /// Which decisions carry an explanation (TreeSHAP contributions and adverse-action reasons)
+    /// when the client does not ask: never, declined (prediction 1) or always. Explained
+    /// decisions keep their explanation in the decision log.
+    #[arg(long, env = "CRA_EXPLAIN", default_value = "declined", value_parser = clap::value_parser!(crate::scoring::ExplainPolicy))]
+    pub explain: crate::scoring::ExplainPolicy,
     /// Watch the models file and reload when it changes (SIGHUP reloads either way).
     #[arg(long, env = "CRA_WATCH_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_models: bool,
@@ -254,6 +272,10 @@ pub struct ScoreArgs {
     /// Scoring threads (default: the CPUs available).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Explain every scored row: its principal reasons (`reason_codes`, `reasons`) and the
+    /// TreeSHAP contribution of every model feature (`base_margin`, `contribution_<feature>`).
+    #[arg(long)]
+    pub explain: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -316,6 +338,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long, env = "CRA_BENCH_JSON")]
     pub json: bool,
+    /// Ask for the explanation of every application (ScoreRequest.explain,
+    /// ScoreBatchRequest.explain).
+    #[arg(long, env = "CRA_BENCH_EXPLAIN")]
+    pub explain: bool,
 }
 
 /// Where the decision log's PostgreSQL is. The password is never printed (not even by `--help`).

@@ -97,6 +97,11 @@ fn sample(i: u64) -> DecisionRow {
         }
         .into(),
         shadow_of: i.is_multiple_of(7).then(Uuid::now_v7),
+        explanation: (scored && i.is_multiple_of(4)).then(|| {
+            format!(
+                r#"{{"base_margin":-1.25,"contributions":{{"age":0.{i},"credit_score":-0.5}},"reasons":[{{"code":"R13","description":"Age of applicant","features":["age"],"contribution":0.{i},"fifth_factor":false}}]}}"#
+            )
+        }),
     }
 }
 
@@ -120,8 +125,8 @@ async fn assert_stored_exactly(db: &TestDb, records: &[DecisionRow]) {
             "SELECT decision_id, request_id, application_id, rpc, stream_id, stream_position, \
              received_at, decided_at, peer, model_version, age, income, credit_score, \
              debt_to_income, num_bankruptcies, employment_status, loan_purpose, margin, \
-             risk_score, prediction, latency_us, outcome, violations, model_role, shadow_of \
-             FROM decisions",
+             risk_score, prediction, latency_us, outcome, violations, model_role, shadow_of, \
+             explanation FROM decisions",
             &[],
         )
         .await
@@ -186,6 +191,13 @@ async fn assert_stored_exactly(db: &TestDb, records: &[DecisionRow]) {
         assert_eq!(row.get::<_, i64>(20), rec.latency_us, "{ctx}");
         assert_eq!(row.get::<_, String>(23), rec.model_role, "{ctx}");
         assert_eq!(row.get::<_, Option<Uuid>>(24), rec.shadow_of, "{ctx}");
+        assert_eq!(
+            row.get::<_, Option<serde_json::Value>>(25),
+            rec.explanation
+                .as_deref()
+                .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap()),
+            "{ctx}"
+        );
         assert_eq!(row.get::<_, String>(21), rec.outcome.as_str(), "{ctx}");
         match &rec.outcome {
             Outcome::Scored(s) => {
@@ -261,7 +273,8 @@ async fn migrations_are_idempotent_and_partitions_exist() {
             "brin_time_index",
             "default_partition_upkeep",
             "decisions_set_aside",
-            "model_roles_and_offline"
+            "model_roles_and_offline",
+            "explanations"
         ],
         "{first:?}"
     );

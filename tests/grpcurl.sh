@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of `cra serve` with the real grpcurl (1.8.x, reflection only, no .proto files):
 # list, describe, a JSON Score call, an invalid call, grpc.health.v1.Health/Check for liveness and
-# readiness, and a graceful exit on SIGTERM.
+# readiness, GetModelInfo of a models file (champion and challenger), a reload on SIGHUP, a
+# refused reload that leaves the old set serving, and a graceful exit on SIGTERM.
 #
 #   tests/grpcurl.sh [path/to/cra]         (default: target/debug/cra)
 #
@@ -22,16 +23,23 @@ if ! [ -x "$GRPCURL" ]; then
   exit 0
 fi
 [ -x "$CRA" ] || { echo "grpcurl.sh: $CRA not built (cargo build)" >&2; exit 1; }
-# Outside cargo, the binary must be told where libxgboost (built by the xgb crate) lives.
-libxgb=$(ls -t "$(dirname "$CRA")"/build/xgboost_lib-sys-*/out/lib/libxgboost.so* 2>/dev/null | head -1 || true)
-[ -n "$libxgb" ] && export LD_LIBRARY_PATH="$(dirname "$libxgb")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The binary runs as built: no LD_LIBRARY_PATH.
+unset LD_LIBRARY_PATH
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ADDR=127.0.0.1:$PORT
 LOG=$(mktemp)
-"$CRA" serve --listen "$ADDR" --model "$MODEL" --shutdown-grace 5s >"$LOG" 2>&1 &
+WORK=$(mktemp -d)
+MODELS=$WORK/models.toml
+write_models() { # the entries after the champion
+  { printf '[[models]]\npath = "%s"\nrole = "champion"\nweight = 90\n' "$PWD/$MODEL"; cat; } >"$MODELS.tmp"
+  mv "$MODELS.tmp" "$MODELS"
+}
+printf '[[models]]\npath = "%s"\nrole = "challenger"\nweight = 10\n' "$PWD/models/challenger" | write_models
+"$CRA" serve --listen "$ADDR" --models "$MODELS" --watch-models false \
+  --shutdown-grace 5s >"$LOG" 2>&1 &
 PID=$!
-cleanup() { kill "$PID" 2>/dev/null || true; rm -f "$LOG"; }
+cleanup() { kill "$PID" 2>/dev/null || true; rm -f "$LOG"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 fail() { echo "grpcurl.sh: FAILED: $*" >&2; echo "--- server log:" >&2; cat "$LOG" >&2; exit 1; }
@@ -78,7 +86,32 @@ out=$(g -d '{"application": {"age": 7, "income": 75000, "loan_amount": 1000, "lo
 expect "Score (invalid)" "$out" "Code: InvalidArgument" "google.rpc.BadRequest" "fieldViolations" '"field":"age"' '"field":"loan_purpose"'
 
 expect "GetModelInfo" "$(g "$ADDR" creditrisk.v1.CreditRiskService/GetModelInfo)" \
-  '"modelVersion": "cra-' '"numTrees":' '"features":'
+  '"modelVersion": "cra-' '"numTrees":' '"features":' '"role": "MODEL_ROLE_CHAMPION"' \
+  '"role": "MODEL_ROLE_CHALLENGER"' '"weight": 10' '"generation": "1"'
+
+# A reload on SIGHUP: the challenger becomes a shadow.
+printf '[[models]]\npath = "%s"\nrole = "shadow"\n' "$PWD/models/challenger" | write_models
+kill -HUP "$PID"
+for _ in $(seq 1 100); do
+  out=$(g "$ADDR" creditrisk.v1.CreditRiskService/GetModelInfo)
+  grep -q '"generation": "2"' <<<"$out" && break
+  sleep 0.1
+done
+expect "SIGHUP reload" "$out" '"generation": "2"' '"reloads": "1"' '"role": "MODEL_ROLE_SHADOW"' '"lastReloadAt":'
+
+# A set with a broken bundle is refused; the old set keeps serving.
+mkdir "$WORK/broken" && cp models/challenger/* "$WORK/broken/" && echo ' ' >>"$WORK/broken/booster.json"
+printf '[[models]]\npath = "%s"\nrole = "shadow"\n' "$WORK/broken" | write_models
+kill -HUP "$PID"
+for _ in $(seq 1 100); do
+  out=$(g "$ADDR" creditrisk.v1.CreditRiskService/GetModelInfo)
+  grep -q '"refusals": "1"' <<<"$out" && break
+  sleep 0.1
+done
+expect "refused reload" "$out" '"refusals": "1"' '"generation": "2"' 'booster.json does not match' '"lastErrorAt":'
+expect "still SERVING" "$(g -d '{"service":"creditrisk.v1.CreditRiskService"}' "$ADDR" grpc.health.v1.Health/Check)" '"status": "SERVING"'
+expect "Score after the refusal" "$(g -d '{"application": {"age": 45, "income": 75000, "employment_length": 10, "debt_to_income": 0.35, "total_debt": 25000, "savings": 15000, "loan_amount": 20000, "loan_term": 36, "employment_status": "EMPLOYMENT_STATUS_EMPLOYED", "home_ownership": "HOME_OWNERSHIP_MORTGAGE", "loan_purpose": "LOAN_PURPOSE_DEBT_CONSOLIDATION"}}' "$ADDR" creditrisk.v1.CreditRiskService/Score)" '"riskScore":' '"modelRole": "MODEL_ROLE_CHAMPION"'
+expect "refusal logged" "$(cat "$LOG")" "model reload refused" "broken"
 
 # Graceful exit on SIGTERM.
 kill -TERM "$PID"

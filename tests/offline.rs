@@ -77,6 +77,7 @@ fn args(data: &Path, out: &Path) -> ScoreArgs {
         spool_dir: out.with_extension("spool"),
         batch_rows: 100,
         threads: Some(2),
+        explain: false,
         quiet: true,
     }
 }
@@ -174,6 +175,7 @@ async fn cra_score_gives_the_servers_numbers_and_names_invalid_rows() {
         let s = client
             .score(ScoreRequest {
                 application: Some(application_to_pb(app, format!("off-{i}"))),
+                explain: false,
             })
             .await
             .unwrap()

@@ -383,6 +383,7 @@ const DRAIN_STALL: Duration = Duration::from_secs(30);
 fn request(app: CreditApplication) -> tonic::Request<ScoreRequest> {
     let mut r = tonic::Request::new(ScoreRequest {
         application: Some(app),
+        explain: false,
     });
     r.set_timeout(CALL_TIMEOUT);
     r

@@ -130,7 +130,10 @@ impl AppBuilder {
                 (r, Some(log), true)
             }
         };
-        let scorer = Arc::new(Scorer::new(registry.clone(), recorder, config.batch_chunk));
+        let scorer = Arc::new(
+            Scorer::new(registry.clone(), recorder, config.batch_chunk)
+                .with_explain_policy(config.explain),
+        );
         let readiness = Readiness::new();
         for (name, _) in &gates {
             readiness.set(name, false);

@@ -194,7 +194,7 @@ async fn connect(addr: &str, n: usize) -> Result<Vec<CreditRiskServiceClient<Cha
 
 /// `cra bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let threads = crate::grpc::worker_threads(None);
+    let threads = crate::config::worker_threads(None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -280,6 +280,7 @@ async fn unary_closed(
     pool: Arc<Vec<CreditApplication>>,
     plan: Plan,
 ) -> (Tally, Instant) {
+    let explain = args.explain;
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..args.concurrency.max(1) {
@@ -299,6 +300,7 @@ async fn unary_closed(
                 let res = client
                     .score(ScoreRequest {
                         application: Some(app),
+                        explain,
                     })
                     .await;
                 if sent < plan.measure_from {
@@ -338,6 +340,7 @@ async fn unary_open(
     plan: Plan,
     rate: u64,
 ) -> (Tally, Instant) {
+    let explain = args.explain;
     let rate = rate.max(1) as f64;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let tally = Arc::new(Mutex::new(Tally::new()));
@@ -373,6 +376,7 @@ async fn unary_open(
             let res = client
                 .score(ScoreRequest {
                     application: Some(app),
+                    explain,
                 })
                 .await;
             if scheduled < plan.measure_from {
@@ -412,6 +416,7 @@ async fn stream(
     pool: Arc<Vec<CreditApplication>>,
     plan: Plan,
 ) -> (Tally, Instant) {
+    let explain = args.explain;
     let chunk = args.chunk.max(1);
     // The budget counts applications; each claim takes one message of `chunk` of them.
     let plan = Plan {
@@ -443,7 +448,14 @@ async fn stream(
                     if let Ok(mut q) = sender_times.lock() {
                         q.push_back(now);
                     }
-                    if tx.send(ScoreBatchRequest { applications }).await.is_err() {
+                    if tx
+                        .send(ScoreBatchRequest {
+                            applications,
+                            explain,
+                        })
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

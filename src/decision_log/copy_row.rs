@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::row::{pg_safe, DecisionRow, Outcome, RecordedInputs, Rpc, ScoredResult, Violation};
 use crate::scoring::record as srv;
-use cra_model::{EmploymentStatus, HomeOwnership, LoanPurpose};
+use cra_model::{explain::Explanation, EmploymentStatus, HomeOwnership, LoanPurpose};
 
 /// The `decisions` columns a row carries, in order, with their types.
 pub const COLUMNS: &[(&str, Type)] = &[
@@ -65,11 +65,12 @@ pub const COLUMNS: &[(&str, Type)] = &[
     ("violations", Type::JSONB),
     ("model_role", Type::TEXT),
     ("shadow_of", Type::UUID),
+    ("explanation", Type::JSONB),
 ];
 
-const FIELDS: i16 = 41;
-/// Rows journaled before `model_role` and `shadow_of` existed (migration V5) have the first 39
-/// columns; they are read as the champion's live decisions.
+const FIELDS: i16 = 42;
+/// Rows journaled before `model_role`, `shadow_of` and `explanation` existed (migrations V5 and
+/// V6) have the first 39 columns; they are read as the champion's live, unexplained decisions.
 pub const LEGACY_FIELDS: i16 = 39;
 const _: () = assert!(COLUMNS.len() == FIELDS as usize);
 
@@ -198,6 +199,25 @@ impl W<'_> {
         self.i64(unix_us - PG_EPOCH_US);
     }
     /// jsonb: version 1, then the JSON text.
+    fn opt_jsonb_text(&mut self, v: Option<&str>) {
+        match v {
+            Some(text) => self.with_len(|out| {
+                out.push(1);
+                out.extend_from_slice(text.as_bytes());
+            }),
+            None => self.null(),
+        }
+    }
+    fn explanation(&mut self, e: Option<&Explanation>) {
+        match e {
+            Some(e) => self.with_len(|out| {
+                out.push(1);
+                serde_json::to_writer(&mut *out, &ExplanationJson(e))
+                    .expect("writing JSON to a Vec cannot fail");
+            }),
+            None => self.null(),
+        }
+    }
     fn violations<'v>(&mut self, v: impl Iterator<Item = (&'v str, &'v str)>) {
         #[derive(Serialize)]
         struct V<'a> {
@@ -215,6 +235,58 @@ impl W<'_> {
             serde_json::to_writer(&mut *out, &list).expect("writing JSON to a Vec cannot fail");
         });
     }
+}
+
+/// The `explanation` column of an explained decision: `{"base_margin": …, "contributions":
+/// {"feature": …, …}, "reasons": [{"code", "description", "features", "contribution",
+/// "fifth_factor"}, …]}`. Everything a notice needs, with `model_version`, from the log alone.
+struct ExplanationJson<'a>(&'a Explanation);
+
+impl Serialize for ExplanationJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Contributions<'a>(&'a Explanation);
+        impl Serialize for Contributions<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(
+                    self.0
+                        .contributions
+                        .iter()
+                        .map(|c| (c.feature, c.contribution)),
+                )
+            }
+        }
+        #[derive(Serialize)]
+        struct ReasonJson<'a> {
+            code: Cow<'a, str>,
+            description: Cow<'a, str>,
+            features: &'a [String],
+            contribution: f64,
+            fifth_factor: bool,
+        }
+        let reasons: Vec<ReasonJson<'_>> = self
+            .0
+            .reasons
+            .iter()
+            .map(|r| ReasonJson {
+                code: pg_safe(&r.code),
+                description: pg_safe(&r.description),
+                features: &r.features,
+                contribution: r.contribution,
+                fifth_factor: r.fifth_factor,
+            })
+            .collect();
+        let mut st = s.serialize_struct("Explanation", 3)?;
+        st.serialize_field("base_margin", &self.0.base_margin)?;
+        st.serialize_field("contributions", &Contributions(self.0))?;
+        st.serialize_field("reasons", &reasons)?;
+        st.end()
+    }
+}
+
+/// The `explanation` column's JSON text of `e`.
+pub fn explanation_json(e: &Explanation) -> String {
+    serde_json::to_string(&ExplanationJson(e)).expect("writing JSON to a String cannot fail")
 }
 
 fn system_time_us(t: SystemTime) -> i64 {
@@ -326,6 +398,7 @@ pub fn encode_view(r: &srv::DecisionRecord<'_>, out: &mut Vec<u8>) {
     }
     w.text(r.role.as_str());
     w.opt_uuid(r.shadow_of.as_ref());
+    w.explanation(r.explanation);
 }
 
 /// A row of [`LEGACY_FIELDS`] columns (journaled by an older build) as a row of today's
@@ -346,6 +419,7 @@ pub fn upgrade_legacy(buf: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> 
     w.0.extend_from_slice(&FIELDS.to_be_bytes());
     w.0.extend_from_slice(&buf[2..]);
     w.text("champion");
+    w.null();
     w.null();
     Ok(())
 }
@@ -407,6 +481,7 @@ pub fn encode(r: &DecisionRow, out: &mut Vec<u8>) {
     }
     w.text(&r.model_role);
     w.opt_uuid(r.shadow_of.as_ref());
+    w.opt_jsonb_text(r.explanation.as_deref());
 }
 
 /// Why a row could not be read back.
@@ -570,6 +645,18 @@ pub fn decode(buf: &[u8]) -> Result<DecisionRow, DecodeError> {
     let violations = r.field()?;
     let model_role = required(r.opt_text()?, "model_role")?;
     let shadow_of = r.opt_uuid()?;
+    let explanation = match r.field()? {
+        None => None,
+        Some(json) => {
+            let (&1, text) = json.split_first().ok_or(DecodeError::Invalid("jsonb"))? else {
+                return Err(DecodeError::Invalid("jsonb version"));
+            };
+            Some(
+                String::from_utf8(text.to_vec())
+                    .map_err(|_| DecodeError::Invalid("explanation"))?,
+            )
+        }
+    };
     if !r.0.is_empty() {
         return Err(DecodeError::Invalid("trailing bytes"));
     }
@@ -613,6 +700,7 @@ pub fn decode(buf: &[u8]) -> Result<DecisionRow, DecodeError> {
         latency_us,
         model_role,
         shadow_of,
+        explanation,
     })
 }
 

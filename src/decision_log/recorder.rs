@@ -112,9 +112,12 @@ mod tests {
             num_late_payments: whole(a.num_late_payments),
             num_bankruptcies: whole(a.num_bankruptcies),
             inquiries_last_6m: whole(a.inquiries_last_6m),
-            employment_status: a.employment_status.recorded::<EmploymentStatus>(),
-            home_ownership: a.home_ownership.recorded::<HomeOwnership>(),
-            loan_purpose: a.loan_purpose.recorded::<LoanPurpose>(),
+            employment_status: a
+                .employment_status
+                .recorded::<EmploymentStatus>()
+                .map(Into::into),
+            home_ownership: a.home_ownership.recorded::<HomeOwnership>().map(Into::into),
+            loan_purpose: a.loan_purpose.recorded::<LoanPurpose>().map(Into::into),
         }
     }
 
@@ -177,6 +180,7 @@ mod tests {
             latency_us: i64::try_from(r.latency.as_micros()).unwrap_or(i64::MAX),
             model_role: r.role.as_str().to_owned(),
             shadow_of: r.shadow_of,
+            explanation: r.explanation.map(copy_row::explanation_json),
         }
     }
 
@@ -232,7 +236,10 @@ mod tests {
                 application: &app,
                 decision: &decision,
             },
+            explanation: None,
         };
+        let explainer = model.explainer().unwrap();
+        let explained = explainer.explain(model.preprocessor(), &app, &mut explainer.scratch());
         let views = [
             base,
             srv::DecisionRecord {
@@ -265,6 +272,10 @@ mod tests {
                 },
                 role: Role::Shadow,
                 shadow_of: Some(Uuid::now_v7()),
+                ..base
+            },
+            srv::DecisionRecord {
+                explanation: Some(&explained),
                 ..base
             },
         ];
@@ -302,6 +313,18 @@ mod tests {
         assert_eq!(shadow.model_role, "shadow");
         assert_eq!(shadow.shadow_of, views[4].shadow_of);
         assert_eq!(shadow.stream_position, Some(99));
+        let json: serde_json::Value =
+            serde_json::from_str(row(&views[5]).explanation.as_deref().unwrap()).unwrap();
+        assert_eq!(json["contributions"].as_object().unwrap().len(), 19);
+        let sum: f64 = json["base_margin"].as_f64().unwrap()
+            + json["contributions"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .sum::<f64>();
+        assert!((sum - f64::from(decision.margin)).abs() < 1e-4, "{sum}");
+        assert!(row(&views[0]).explanation.is_none());
     }
 
     /// A row journaled by a build before V5 (39 columns) is read as a live champion decision.
@@ -327,11 +350,12 @@ mod tests {
                 application: &app,
                 decision: &decision,
             },
+            explanation: None,
         };
         let mut today = Vec::new();
         copy_row::encode_view(&view, &mut today);
-        // The same row as the older build wrote it: 39 fields, without the last two.
-        let role_and_link = 4 + "champion".len() + 4;
+        // The same row as the older build wrote it: 39 fields, without the last three.
+        let role_and_link = 4 + "champion".len() + 4 + 4;
         let mut legacy = today[..today.len() - role_and_link].to_vec();
         legacy[..2].copy_from_slice(&copy_row::LEGACY_FIELDS.to_be_bytes());
         let mut upgraded = Vec::new();

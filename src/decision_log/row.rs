@@ -120,6 +120,8 @@ pub struct DecisionRow {
     pub model_role: String,
     /// For a shadow decision, the live decision it shadows.
     pub shadow_of: Option<Uuid>,
+    /// The explanation's JSON (see `copy_row::explanation_json`), when it was explained.
+    pub explanation: Option<String>,
 }
 
 /// A fresh decision id: UUID v7, so the id sorts by time and carries its creation instant.
@@ -396,6 +398,7 @@ pub(crate) mod codec {
             latency_us,
             model_role: "champion".into(),
             shadow_of: None,
+            explanation: None,
         })
     }
 }
@@ -451,6 +454,7 @@ pub(crate) mod tests {
             latency_us: 42,
             model_role: "champion".into(),
             shadow_of: None,
+            explanation: None,
         }
     }
 

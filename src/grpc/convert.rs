@@ -8,8 +8,11 @@
 use std::time::Duration;
 
 use cra_model::{
-    bundle, input::CategoryValue, Application, ApplicationInput, Category, Decision,
-    EmploymentStatus, FieldViolation, HomeOwnership, LoanPurpose, ModelBundle, RiskLevel,
+    bundle,
+    explain::{Explanation, FeatureValue},
+    input::CategoryValue,
+    Application, ApplicationInput, Category, Decision, EmploymentStatus, FieldViolation,
+    HomeOwnership, LoanPurpose, ModelBundle, RiskLevel,
 };
 
 use super::pb;
@@ -114,6 +117,7 @@ pub struct ScoreContext<'a> {
     pub decision_id: &'a str,
     pub model_version: &'a str,
     pub model_role: Role,
+    pub explanation: Option<&'a Explanation>,
     pub processing_time: Duration,
     pub scored_at: std::time::SystemTime,
 }
@@ -132,8 +136,43 @@ pub fn risk_score_to_pb(d: &Decision, ctx: &ScoreContext<'_>) -> pb::RiskScore {
         margin: f64::from(d.margin),
         model_version: ctx.model_version.to_owned(),
         model_role: role_to_pb(ctx.model_role) as i32,
+        explanation: ctx.explanation.map(explanation_to_pb),
         processing_time: Some(duration_to_pb(ctx.processing_time)),
         scored_at: Some(timestamp_to_pb(ctx.scored_at)),
+    }
+}
+
+/// The contract form of an explanation.
+pub fn explanation_to_pb(e: &Explanation) -> pb::Explanation {
+    pb::Explanation {
+        base_margin: e.base_margin,
+        contributions: e
+            .contributions
+            .iter()
+            .map(|c| pb::FeatureContribution {
+                feature: c.feature.to_owned(),
+                value: match c.value {
+                    FeatureValue::Number(v) => Some(v),
+                    _ => None,
+                },
+                category: match c.value {
+                    FeatureValue::Category(name) => name.to_owned(),
+                    _ => String::new(),
+                },
+                contribution: c.contribution,
+            })
+            .collect(),
+        reasons: e
+            .reasons
+            .iter()
+            .map(|r| pb::Reason {
+                code: r.code.clone(),
+                description: r.description.clone(),
+                features: r.features.clone(),
+                contribution: r.contribution,
+                fifth_factor: r.fifth_factor,
+            })
+            .collect(),
     }
 }
 

@@ -546,6 +546,7 @@ mod tests {
         let apps = validate::application_to_pb(&Application::example(), "id-1");
         for n in [0, 1, 2, 7, 300] {
             let msg = pb::ScoreBatchRequest {
+                explain: false,
                 applications: vec![apps.clone(); n],
             }
             .encode_to_vec();
@@ -688,6 +689,7 @@ mod tests {
                 decision_id: &decision_id,
                 model_version: &model_version,
                 model_role: Role::Challenger,
+                explanation: None,
                 processing_time: std::time::Duration::MAX,
                 scored_at: std::time::UNIX_EPOCH
                     + std::time::Duration::from_secs(u32::MAX as u64 * 100),

@@ -28,6 +28,7 @@ use tonic::transport::server::TcpIncoming;
 use connections::LimitedIncoming;
 use limits::{batch_response_limit, MessageLimits, MAX_BATCH_ITEMS_LIMIT};
 
+pub use crate::config::worker_threads;
 pub use health::SERVICE_NAME;
 pub use service::{CreditRisk, GrpcState, REQUEST_ID_HEADER};
 pub use shutdown::shutdown_signal;
@@ -252,15 +253,5 @@ pub fn check_limits(cfg: &ServeConfig) -> Result<CheckedLimits, ServerError> {
             batch_items: cfg.max_batch_items,
             buffered_bytes: cfg.max_buffered_message_bytes,
         },
-    })
-}
-
-/// The number of worker threads: the CPUs this process may use (respects cgroup quotas and
-/// CPU affinity), unless overridden.
-pub fn worker_threads(configured: Option<usize>) -> usize {
-    configured.filter(|n| *n > 0).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
     })
 }

@@ -189,8 +189,10 @@ impl CreditRiskService for CreditRisk {
             started,
             deadline: Some((started + timeout, timeout)),
         };
-        let input = request.into_inner().application.map(input_from_pb);
-        let answer = state.scorer.score(&ctx, input.as_ref())?;
+        let request = request.into_inner();
+        let asked = request.explain;
+        let input = request.application.map(input_from_pb);
+        let answer = state.scorer.score(&ctx, input.as_ref(), asked)?;
         let model = answer.model();
         let score = risk_score_to_pb(
             &answer.decision,
@@ -200,6 +202,7 @@ impl CreditRiskService for CreditRisk {
                 decision_id: &decision_id_str(answer.decision_id),
                 model_version: model.bundle.version(),
                 model_role: model.role,
+                explanation: answer.explanation.as_ref(),
                 processing_time: started.elapsed(),
                 scored_at: SystemTime::now(),
             },
@@ -329,24 +332,28 @@ impl StreamJob {
         &self,
         set: &Arc<ModelSet>,
         inputs: &mut Vec<ApplicationInput>,
+        asked: &[bool],
     ) -> Result<Vec<Item>, Status> {
         let scorer = &self.state.scorer;
         if inputs.len() < PARALLEL_ROUND || self.state.cpus < 2 {
-            return Ok(scorer.decide(set, inputs));
+            return Ok(scorer.decide(set, inputs, asked)?);
         }
-        let second = inputs.split_off(inputs.len() / 2);
+        let half = inputs.len() / 2;
+        let second = inputs.split_off(half);
+        let second_asked = asked.get(half..).unwrap_or(&[]).to_vec();
         let (helper_scorer, helper_set) = (scorer.clone(), set.clone());
         let helper = tokio::task::spawn_blocking(move || {
-            let items = helper_scorer.decide(&helper_set, &second);
+            let items = helper_scorer.decide(&helper_set, &second, &second_asked);
             (second, items)
         });
-        let mut items = scorer.decide(set, inputs);
+        let first = scorer.decide(set, inputs, asked.get(..half).unwrap_or(&[]));
         let (second, more) = helper.await.map_err(|e| {
             tracing::error!("parallel scoring failed: {e}");
             Status::internal("scoring failed; the server logged the cause")
         })?;
         inputs.extend(second);
-        items.extend(more);
+        let mut items = first?;
+        items.extend(more?);
         Ok(items)
     }
 
@@ -433,15 +440,24 @@ impl StreamJob {
             let ctx = self.context(position, received_at, started);
             ctx.check_deadline()?;
 
-            // How many applications each request message holds, then every input, in order.
+            // How many applications each request message holds, whether it asks for
+            // explanations, then every input, in order.
             let sizes: Vec<usize> = round.iter().map(|m| m.applications.len()).collect();
+            let asked: Vec<bool> = if round.iter().any(|m| m.explain) {
+                round
+                    .iter()
+                    .flat_map(|m| std::iter::repeat_n(m.explain, m.applications.len()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut inputs: Vec<ApplicationInput> = round
                 .into_iter()
                 .flat_map(|m| m.applications)
                 .map(input_from_pb)
                 .collect();
             let set = scorer.models();
-            let decided = self.decide_round(&set, &mut inputs).await?;
+            let decided = self.decide_round(&set, &mut inputs, &asked).await?;
             let decided_at = SystemTime::now();
             let latency = started.elapsed();
 
@@ -473,7 +489,10 @@ impl StreamJob {
                         (
                             Ok(ids),
                             Item::Scored {
-                                member, decision, ..
+                                member,
+                                decision,
+                                explanation,
+                                ..
                             },
                         ) => {
                             let model = &set.live[*member];
@@ -485,6 +504,7 @@ impl StreamJob {
                                     decision_id: &decision_id_str(ids[k]),
                                     model_version: model.bundle.version(),
                                     model_role: model.role,
+                                    explanation: explanation.as_deref(),
                                     processing_time: latency,
                                     scored_at: decided_at,
                                 },

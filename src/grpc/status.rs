@@ -26,6 +26,7 @@ impl GrpcError for ServeError {
             | ServeError::MessageTooLarge { .. }
             | ServeError::BufferBudget { .. } => Code::ResourceExhausted,
             ServeError::Unrecorded(_) => Code::Unavailable,
+            ServeError::Unexplainable(_) => Code::FailedPrecondition,
             ServeError::DeadlineExceeded(_) | ServeError::StreamIdle(_) => Code::DeadlineExceeded,
         }
     }

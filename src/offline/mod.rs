@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::{
     config::ScoreArgs,
     decision_log::{DecisionLog, DecisionLogConfig},
-    scoring::{CallContext, DecisionRecorder, Item, Registry, Rpc, Scorer},
+    scoring::{CallContext, DecisionRecorder, ExplainPolicy, Item, Registry, Rpc, Scorer},
 };
 use parquet_io::{IdColumn, InputBatch, InputReader, OutputRow, OutputWriter, ScoredColumns};
 
@@ -77,7 +77,13 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<ScoreSummary> {
     let recorder = log
         .as_ref()
         .map(|l| Arc::new(l.clone()) as Arc<dyn DecisionRecorder>);
-    let scorer = Arc::new(Scorer::new(registry.clone(), recorder, 1024));
+    let scorer = Arc::new(
+        Scorer::new(registry.clone(), recorder, 1024).with_explain_policy(if args.explain {
+            ExplainPolicy::Always
+        } else {
+            ExplainPolicy::Never
+        }),
+    );
 
     let mut reader = InputReader::open(&args.data, args.batch_rows.max(1))?;
     let total = reader.num_rows();
@@ -89,8 +95,8 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<ScoreSummary> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut writer = OutputWriter::create(&args.out, id_column)?;
-    let threads = crate::grpc::worker_threads(args.threads).max(1);
+    let mut writer = OutputWriter::create_with(&args.out, id_column, args.explain)?;
+    let threads = crate::config::worker_threads(args.threads).max(1);
     let progress = progress_bar(total, args.quiet);
 
     let (work_tx, work_rx) = mpsc::sync_channel::<(u64, InputBatch)>(threads);
@@ -190,7 +196,7 @@ fn score_batch(
     let started = Instant::now();
     let received_at = SystemTime::now();
     let set = scorer.models();
-    let items = scorer.decide(&set, &batch.inputs);
+    let items = scorer.decide(&set, &batch.inputs, &[])?;
     let ctx = CallContext {
         request_id,
         rpc: Rpc::Offline {
@@ -277,7 +283,15 @@ fn write_scored(
             },
         )
         .collect();
-    writer.write(&rows)?;
+    let explanations: Vec<Option<&cra_model::explain::Explanation>> = s
+        .items
+        .iter()
+        .map(|item| match item {
+            Item::Scored { explanation, .. } => explanation.as_deref(),
+            Item::Invalid(_) => None,
+        })
+        .collect();
+    writer.write_explained(&rows, &explanations)?;
     for item in &s.items {
         summary.rows += 1;
         match item {

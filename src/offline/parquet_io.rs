@@ -57,6 +57,7 @@ use parquet::{
 };
 
 use cra_model::application::{CATEGORICAL_INPUTS, NUMERIC_INPUTS};
+use cra_model::explain::Explanation;
 use cra_model::input::{ApplicationInput, Category};
 
 /// The optional input column, and the output id column when the input has it.
@@ -835,6 +836,28 @@ pub struct OutputRow<'a> {
     pub error: Option<&'a str>,
 }
 
+/// The schema of an output file whose first column is `id`, with the explanation columns
+/// (`reason_codes`, `reasons`, `base_margin`, then `contribution_<feature>` per model feature)
+/// when `explain`.
+pub fn output_schema_with(id: IdColumn, explain: bool) -> SchemaRef {
+    let base = output_schema(id);
+    if !explain {
+        return base;
+    }
+    let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("reason_codes", DataType::Utf8, true));
+    fields.push(Field::new("reasons", DataType::Utf8, true));
+    fields.push(Field::new("base_margin", DataType::Float64, true));
+    for f in cra_model::preprocess::feature_names() {
+        fields.push(Field::new(
+            format!("contribution_{f}"),
+            DataType::Float64,
+            true,
+        ));
+    }
+    Arc::new(Schema::new(fields))
+}
+
 /// The schema of an output file whose first column is `id`.
 pub fn output_schema(id: IdColumn) -> SchemaRef {
     let id_field = match id {
@@ -866,6 +889,8 @@ pub struct OutputWriter {
     temp_path: PathBuf,
     id_column: IdColumn,
     schema: SchemaRef,
+    /// The explanation columns are written.
+    explain: bool,
     /// `None` only while [`OutputWriter::finish`] runs.
     writer: Option<ArrowWriter<File>>,
     rows_written: u64,
@@ -890,12 +915,18 @@ impl OutputWriter {
     /// Starts writing the output file `path` (through `path` + `.tmp`). Fails at once if `path`
     /// is a directory or its directory does not exist.
     pub fn create(path: &Path, id: IdColumn) -> Result<Self, OfflineIoError> {
+        Self::create_with(path, id, false)
+    }
+
+    /// [`Self::create`], with the explanation columns when `explain` (see
+    /// [`output_schema_with`]; rows without an explanation have them null).
+    pub fn create_with(path: &Path, id: IdColumn, explain: bool) -> Result<Self, OfflineIoError> {
         let temp_path = temp_path_for(path)?;
         let file = File::create(&temp_path).map_err(|source| OfflineIoError::CreateOutput {
             path: temp_path.clone(),
             source,
         })?;
-        let schema = output_schema(id);
+        let schema = output_schema_with(id, explain);
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(OUTPUT_ROWS_PER_ROW_GROUP))
@@ -916,6 +947,7 @@ impl OutputWriter {
             temp_path,
             id_column: id,
             schema,
+            explain,
             writer: Some(writer),
             rows_written: 0,
             write_failed: false,
@@ -930,6 +962,17 @@ impl OutputWriter {
 
     /// Appends `rows` as one record batch. A row's `prediction` must be 0 or 1.
     pub fn write(&mut self, rows: &[OutputRow<'_>]) -> Result<(), OfflineIoError> {
+        self.write_explained(rows, &[])
+    }
+
+    /// [`Self::write`], with each row's explanation (`explanations[i]` for `rows[i]`; missing
+    /// entries are unexplained rows). Explanations are written only by a writer created with
+    /// `explain`.
+    pub fn write_explained(
+        &mut self,
+        rows: &[OutputRow<'_>],
+        explanations: &[Option<&Explanation>],
+    ) -> Result<(), OfflineIoError> {
         if self.write_failed {
             return Err(OfflineIoError::EarlierWriteFailed {
                 path: self.temp_path.clone(),
@@ -939,12 +982,12 @@ impl OutputWriter {
             return Ok(());
         }
         self.check_rows(rows)?;
-        let batch = self
-            .record_batch(rows)
-            .map_err(|message| OfflineIoError::WriteOutput {
+        let batch = self.record_batch(rows, explanations).map_err(|message| {
+            OfflineIoError::WriteOutput {
                 path: self.temp_path.clone(),
                 message,
-            })?;
+            }
+        })?;
         let Some(writer) = self.writer.as_mut() else {
             return Err(OfflineIoError::EarlierWriteFailed {
                 path: self.temp_path.clone(),
@@ -1052,7 +1095,11 @@ impl OutputWriter {
     }
 
     /// The output columns of `rows`.
-    fn record_batch(&self, rows: &[OutputRow<'_>]) -> Result<RecordBatch, String> {
+    fn record_batch(
+        &self,
+        rows: &[OutputRow<'_>],
+        explanations: &[Option<&Explanation>],
+    ) -> Result<RecordBatch, String> {
         let id: ArrayRef = match self.id_column {
             IdColumn::ApplicationId => Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| r.application_id),
@@ -1066,7 +1113,7 @@ impl OutputWriter {
                 rows.iter().map(|r| r.scored.as_ref().map(value)),
             ))
         };
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             id,
             numbers(|s| s.probability_default),
             numbers(|s| s.risk_score),
@@ -1083,6 +1130,36 @@ impl OutputWriter {
             )),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error))),
         ];
+        if self.explain {
+            let e = |i: usize| explanations.get(i).copied().flatten();
+            let n = rows.len();
+            let join = |f: fn(&cra_model::explain::Reason) -> String, sep: &str| -> ArrayRef {
+                Arc::new(StringArray::from_iter((0..n).map(|i| {
+                    e(i).map(|x| x.reasons.iter().map(f).collect::<Vec<_>>().join(sep))
+                })))
+            };
+            columns.push(join(|r| r.code.clone(), " "));
+            columns.push(join(
+                |r| {
+                    let fifth = if r.fifth_factor {
+                        " (fifth key factor)"
+                    } else {
+                        ""
+                    };
+                    format!("{}: {}{fifth}", r.code, r.description)
+                },
+                "; ",
+            ));
+            columns.push(Arc::new(Float64Array::from_iter(
+                (0..n).map(|i| e(i).map(|x| x.base_margin)),
+            )));
+            for f in 0..cra_model::NUM_FEATURES {
+                columns.push(Arc::new(Float64Array::from_iter((0..n).map(|i| {
+                    e(i).and_then(|x| x.contributions.get(f))
+                        .map(|c| c.contribution)
+                }))));
+            }
+        }
         RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
     }
 }

@@ -43,6 +43,10 @@ pub enum ScoreError {
     /// The client's grpc-timeout ran out before the answer was ready.
     #[error("the deadline of {0:?} was exceeded")]
     DeadlineExceeded(Duration),
+    /// An explanation was asked for, but this model cannot give one (a booster without node
+    /// covers); retraining the model writes them.
+    #[error("this decision cannot be explained: {0}")]
+    Unexplainable(String),
     /// The decision log could take neither the record nor spool it: no decision without a record.
     #[error("the decision could not be recorded, so it was not made: {0}")]
     Unrecorded(#[from] RecordError),

@@ -19,13 +19,65 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use cra_model::{Application, ApplicationInput, Decision, FieldViolation};
+use cra_model::{
+    explain::Explanation, Application, ApplicationInput, Decision, FieldViolation, ModelBundle,
+};
 use uuid::Uuid;
 
+pub use cra_model::explain::{Contribution, FeatureValue, Reason};
 pub use error::ScoreError;
 pub use record::{DecisionRecord, DecisionRecorder, Outcome, RecordError, Rpc};
 pub use registry::{Member, ModelSet, ModelSource, Registry, Role};
 pub use shadow::{ShadowRunner, ShadowStats};
+
+/// Which decisions carry an explanation when the client does not ask for one
+/// (`--explain`). A client that asks always gets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExplainPolicy {
+    Never,
+    /// Every declined application (prediction 1): its adverse-action reasons.
+    #[default]
+    Declined,
+    Always,
+}
+
+impl ExplainPolicy {
+    fn covers(self, asked: bool, decision: &Decision) -> bool {
+        asked
+            || match self {
+                ExplainPolicy::Never => false,
+                ExplainPolicy::Declined => decision.prediction == 1,
+                ExplainPolicy::Always => true,
+            }
+    }
+}
+
+impl std::str::FromStr for ExplainPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(ExplainPolicy::Never),
+            "declined" => Ok(ExplainPolicy::Declined),
+            "always" => Ok(ExplainPolicy::Always),
+            other => Err(format!(
+                "`{other}` is not an explain policy; use never, declined or always"
+            )),
+        }
+    }
+}
+
+/// The explainer of `bundle` for a decision that needs one: an error when the client asked and
+/// the model cannot explain, nothing when only the policy wanted it (logged at load).
+fn explainer_for(
+    bundle: &ModelBundle,
+    asked: bool,
+) -> Result<Option<&Arc<cra_model::explain::Explainer>>, ScoreError> {
+    match bundle.explainer() {
+        Ok(e) => Ok(Some(e)),
+        Err(why) if asked => Err(ScoreError::Unexplainable(why.to_owned())),
+        Err(_) => Ok(None),
+    }
+}
 
 /// Who asked, and when: everything about a call that goes into its decision rows.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +108,7 @@ pub struct Answer {
     /// The decision log's id (the nil UUID when the log is off).
     pub decision_id: Uuid,
     pub decision: Decision,
+    pub explanation: Option<Explanation>,
     pub member: usize,
     pub set: Arc<ModelSet>,
 }
@@ -74,6 +127,7 @@ pub enum Item {
         member: usize,
         application: Application,
         decision: Decision,
+        explanation: Option<Box<Explanation>>,
     },
     Invalid(Vec<FieldViolation>),
 }
@@ -86,6 +140,7 @@ pub struct Scorer {
     shadows: ShadowRunner,
     /// Most applications of a batch scored by one `score_many` call.
     chunk: usize,
+    explain: ExplainPolicy,
 }
 
 impl Scorer {
@@ -100,7 +155,14 @@ impl Scorer {
             recorder,
             shadows,
             chunk: chunk.max(1),
+            explain: ExplainPolicy::default(),
         }
+    }
+
+    /// Which decisions carry an explanation when the client does not ask.
+    pub fn with_explain_policy(mut self, policy: ExplainPolicy) -> Scorer {
+        self.explain = policy;
+        self
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -135,11 +197,13 @@ impl Scorer {
     }
 
     /// Scores one application (`None`: the request had none, which is invalid like any bad
-    /// field) and records the decision before returning it.
+    /// field), explains it when asked or the policy says so, and records the decision before
+    /// returning it.
     pub fn score(
         &self,
         ctx: &CallContext<'_>,
         input: Option<&ApplicationInput>,
+        asked: bool,
     ) -> Result<Answer, ScoreError> {
         ctx.check_deadline()?;
         let set = self.models();
@@ -153,6 +217,14 @@ impl Scorer {
             let decision = bundle.score(&app);
             (app, decision)
         });
+        let explanation = match &scored {
+            Ok((app, decision)) if self.explain.covers(asked, decision) => {
+                explainer_for(bundle, asked)?.map(|explainer| {
+                    explainer.explain(bundle.preprocessor(), app, &mut explainer.scratch())
+                })
+            }
+            _ => None,
+        };
         // The last deadline check: once recorded, the decision is answered.
         ctx.check_deadline()?;
         let decision_id = self.decision_id();
@@ -177,6 +249,7 @@ impl Scorer {
                 shadow_of: None,
                 input,
                 outcome,
+                explanation: explanation.as_ref(),
             })?;
         }
         let (application, decision) = scored.map_err(ScoreError::InvalidArgument)?;
@@ -192,14 +265,21 @@ impl Scorer {
         Ok(Answer {
             decision_id,
             decision,
+            explanation,
             member,
             set,
         })
     }
 
-    /// Validates, routes and scores a batch on `set` (pure computation: no recording). The
-    /// items are in input order.
-    pub fn decide(&self, set: &ModelSet, inputs: &[ApplicationInput]) -> Vec<Item> {
+    /// Validates, routes, scores and (when asked, `asked[i]`, or the policy covers the
+    /// decision) explains a batch on `set`: pure computation, no recording. `asked` may be
+    /// empty (nobody asked). The items are in input order.
+    pub fn decide(
+        &self,
+        set: &ModelSet,
+        inputs: &[ApplicationInput],
+        asked: &[bool],
+    ) -> Result<Vec<Item>, ScoreError> {
         let mut items: Vec<Item> = Vec::with_capacity(inputs.len());
         // Valid applications of each live model, with their item index.
         let mut groups: Vec<(Vec<usize>, Vec<Application>)> = (0..set.live.len())
@@ -225,15 +305,26 @@ impl Scorer {
             for slice in apps.chunks(self.chunk) {
                 decisions.extend(bundle.score_many(slice));
             }
+            let mut scratch = None;
             for ((i, application), decision) in indices.into_iter().zip(apps).zip(decisions) {
+                let asked_here = asked.get(i).copied().unwrap_or(false);
+                let explanation = if self.explain.covers(asked_here, &decision) {
+                    explainer_for(bundle, asked_here)?.map(|explainer| {
+                        let scratch = scratch.get_or_insert_with(|| explainer.scratch());
+                        Box::new(explainer.explain(bundle.preprocessor(), &application, scratch))
+                    })
+                } else {
+                    None
+                };
                 items[i] = Item::Scored {
                     member,
                     application,
                     decision,
+                    explanation,
                 };
             }
         }
-        items
+        Ok(items)
     }
 
     /// Records the decisions of a batch decided on `set` (all or none), then hands the scored
@@ -256,21 +347,24 @@ impl Scorer {
                 .zip(&ids)
                 .enumerate()
                 .map(|(i, ((input, item), id))| {
-                    let (member, outcome) = match item {
+                    let (member, outcome, explanation) = match item {
                         Item::Scored {
                             member,
                             application,
                             decision,
+                            explanation,
                         } => (
                             *member,
                             Outcome::Scored {
                                 application,
                                 decision,
                             },
+                            explanation.as_deref(),
                         ),
                         Item::Invalid(violations) => (
                             set.route(&input.application_id),
                             Outcome::Invalid { violations },
+                            None,
                         ),
                     };
                     DecisionRecord {
@@ -286,6 +380,7 @@ impl Scorer {
                         shadow_of: None,
                         input: Some(input),
                         outcome,
+                        explanation,
                     }
                 })
                 .collect();

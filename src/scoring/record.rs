@@ -6,7 +6,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use cra_model::{Application, ApplicationInput, Decision, FieldViolation, ModelBundle};
+use cra_model::{
+    explain::Explanation, Application, ApplicationInput, Decision, FieldViolation, ModelBundle,
+};
 use uuid::Uuid;
 
 use super::registry::Role;
@@ -98,6 +100,8 @@ pub struct DecisionRecord<'a> {
     /// The application exactly as received; `None` when the request had none.
     pub input: Option<&'a ApplicationInput>,
     pub outcome: Outcome<'a>,
+    /// The explanation given (or kept) with the decision, if it was explained.
+    pub explanation: Option<&'a Explanation>,
 }
 
 /// A record could be neither written nor spooled.

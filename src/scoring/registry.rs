@@ -246,6 +246,13 @@ fn load_member(
             "the example application scored {p}, not a probability; the bundle is broken, retrain it"
         )));
     }
+    // Build the TreeSHAP tables now, not on the first explained call.
+    if let Err(why) = bundle.explainer() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "this model cannot explain its decisions ({why}); decisions go unexplained, and a client that asks for an explanation gets FAILED_PRECONDITION"
+        );
+    }
     if bundle.version().len() > MAX_MODEL_VERSION_BYTES {
         return Err(unusable(format!(
             "the model version is {} bytes long; at most {MAX_MODEL_VERSION_BYTES} are served (it is part of every answer): fix model_version in bundle.json",

@@ -154,6 +154,7 @@ fn run(job: &Job, recorder: Option<&dyn DecisionRecorder>, stats: &ShadowStats) 
                         application,
                         decision,
                     },
+                    explanation: None,
                 },
             )
             .collect();

@@ -20,8 +20,9 @@ use cra_model::{
     bundle::{
         checksums_text, feature_specs, model_version_for, sha256_hex, xgboost_version_of,
         BundleError, Canary, Manifest, ModelBundle, Thresholds, BOOSTER_FILE, CHECKSUMS_FILE,
-        FORMAT_VERSION, MANIFEST_FILE, METRICS_FILE, MIN_CANARY_ROWS,
+        FORMAT_VERSION, MANIFEST_FILE, METRICS_FILE, MIN_CANARY_ROWS, REASON_CODES_FILE,
     },
+    explain::ReasonCodeTable,
     preprocess::{FittedPreprocessor, PreprocessError, PreprocessParams, NUM_FEATURES},
     Application,
 };
@@ -102,6 +103,9 @@ pub struct TrainParams {
     pub decision_threshold: f64,
     /// Show a progress bar (drawn only on a terminal).
     pub progress: bool,
+    /// The reason-code table written with the bundle (`--reason-codes FILE`; the standard
+    /// table by default).
+    pub reason_codes: ReasonCodeTable,
 }
 
 impl Default for TrainParams {
@@ -121,6 +125,7 @@ impl Default for TrainParams {
             nthread: 1,
             decision_threshold: 0.5,
             progress: true,
+            reason_codes: ReasonCodeTable::standard(),
         }
     }
 }
@@ -128,6 +133,10 @@ impl Default for TrainParams {
 impl TrainParams {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Param(m));
+        let problems = self.reason_codes.problems();
+        if !problems.is_empty() {
+            return bad(format!("the reason-code table: {}", problems.join("; ")));
+        }
         if self.n_estimators == 0 {
             return bad("n_estimators must be at least 1".into());
         }
@@ -238,6 +247,7 @@ fn dmatrix(pre: &FittedPreprocessor, rows: &[Application], labels: &[u8]) -> Res
 #[derive(Debug, Clone)]
 pub struct TrainedModel {
     pub booster_json: Vec<u8>,
+    pub reason_codes: ReasonCodeTable,
     pub manifest: Manifest,
     pub metrics: TrainMetrics,
     pub test_rows: Vec<Application>,
@@ -427,6 +437,7 @@ pub fn train(data: &Dataset, data_sha256: &str, params: &TrainParams) -> Result<
     };
     debug_assert_eq!(manifest.features.len(), NUM_FEATURES);
     Ok(TrainedModel {
+        reason_codes: params.reason_codes.clone(),
         booster_json,
         manifest,
         metrics,
@@ -447,7 +458,8 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl TrainedModel {
-    /// Writes `booster.json`, `metrics.json`, `checksums.sha256` and `bundle.json` into `dir`
+    /// Writes `booster.json`, `metrics.json`, `reason_codes.json`, `checksums.sha256` and
+    /// `bundle.json` into `dir`
     /// (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|source| TrainError::Io {
@@ -456,13 +468,16 @@ impl TrainedModel {
         })?;
         let metrics = to_json(&self.metrics);
         let manifest = to_json(&self.manifest);
+        let reason_codes = to_json(&self.reason_codes);
         let checksums = checksums_text([
             (BOOSTER_FILE, self.booster_json.as_slice()),
             (MANIFEST_FILE, manifest.as_slice()),
             (METRICS_FILE, metrics.as_slice()),
+            (REASON_CODES_FILE, reason_codes.as_slice()),
         ]);
         write_file(dir.join(BOOSTER_FILE), &self.booster_json)?;
         write_file(dir.join(METRICS_FILE), &metrics)?;
+        write_file(dir.join(REASON_CODES_FILE), &reason_codes)?;
         write_file(dir.join(CHECKSUMS_FILE), checksums.as_bytes())?;
         // The manifest last: a bundle without it is "not found" rather than half-written.
         write_file(dir.join(MANIFEST_FILE), &manifest)

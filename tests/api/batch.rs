@@ -57,6 +57,7 @@ async fn ten_thousand_items_with_a_few_bad_are_answered_in_order() {
         let take = size.min(rest.len());
         messages.push(ScoreBatchRequest {
             applications: rest[..take].to_vec(),
+            explain: false,
         });
         rest = &rest[take..];
         size = size % 37 + 1;
@@ -133,6 +134,7 @@ async fn a_reader_that_does_not_read_stalls_the_writer() {
         counter.fetch_add(1, Ordering::Relaxed);
         ScoreBatchRequest {
             applications: chunk.clone(),
+            explain: false,
         }
     });
     let resp = app
@@ -171,6 +173,7 @@ async fn one_million_items_get_one_million_answers() {
     let chunk = random_applications(1_000, 9);
     let outbound = futures::stream::iter(0..1_000).map(move |_| ScoreBatchRequest {
         applications: chunk.clone(),
+        explain: false,
     });
     let mut inbound = app.client.score_batch(outbound).await.unwrap().into_inner();
     let mut next = 0u64;

@@ -130,6 +130,7 @@ async fn unary_calls_and_stream_items_give_exactly_one_row_each_with_what_the_cl
         }
         let mut req = tonic::Request::new(ScoreRequest {
             application: Some(a.clone()),
+            explain: false,
         });
         req.metadata_mut()
             .insert("x-request-id", format!("req-{i}").parse().unwrap());
@@ -158,7 +159,10 @@ async fn unary_calls_and_stream_items_give_exactly_one_row_each_with_what_the_cl
     }
     let status = app
         .client
-        .score(ScoreRequest { application: None })
+        .score(ScoreRequest {
+            application: None,
+            explain: false,
+        })
         .await
         .expect_err("no application");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -183,6 +187,7 @@ async fn unary_calls_and_stream_items_give_exactly_one_row_each_with_what_the_cl
         let take = size.min(rest.len());
         messages.push(ScoreBatchRequest {
             applications: rest[..take].to_vec(),
+            explain: false,
         });
         rest = &rest[take..];
         size = size % 60 + 7;
@@ -319,6 +324,7 @@ impl Load {
                         client
                             .score(ScoreRequest {
                                 application: Some(app),
+                                explain: false,
                             })
                             .await
                             .map(|r| vec![r.into_inner().score.unwrap().decision_id])
@@ -330,6 +336,7 @@ impl Load {
                             .chunks(50)
                             .map(|c| ScoreBatchRequest {
                                 applications: c.to_vec(),
+                                explain: false,
                             })
                             .collect();
                         stream_all(&mut client, msgs).await.and_then(|rs| {
@@ -575,6 +582,7 @@ async fn sigkill_with_decisions_spooled_then_restart_stores_each_exactly_once() 
         let s = client
             .score(ScoreRequest {
                 application: Some(a),
+                explain: false,
             })
             .await
             .unwrap_or_else(|e| panic!("unary {i}: {e:?}"))
@@ -587,6 +595,7 @@ async fn sigkill_with_decisions_spooled_then_restart_stores_each_exactly_once() 
         .chunks(250)
         .map(|c| ScoreBatchRequest {
             applications: c.to_vec(),
+            explain: false,
         })
         .collect();
     for r in stream_all(&mut client, msgs).await.unwrap() {
@@ -732,6 +741,7 @@ async fn a_decision_that_cannot_be_recorded_is_not_made() {
         .client
         .score(ScoreRequest {
             application: Some(a.clone()),
+            explain: false,
         })
         .await
         .expect_err("refused");
@@ -741,6 +751,7 @@ async fn a_decision_that_cannot_be_recorded_is_not_made() {
         .client
         .score(ScoreRequest {
             application: Some(a.clone()),
+            explain: false,
         })
         .await
         .expect_err("refused");
@@ -749,6 +760,7 @@ async fn a_decision_that_cannot_be_recorded_is_not_made() {
         &mut app.client,
         vec![ScoreBatchRequest {
             applications: vec![a.clone(); 3],
+            explain: false,
         }],
     )
     .await
@@ -799,6 +811,7 @@ async fn a_stream_waits_while_the_decision_log_is_behind_instead_of_failing() {
         .into_inner();
     tx.send(ScoreBatchRequest {
         applications: random_applications(10, 5),
+        explain: false,
     })
     .await
     .unwrap();
@@ -876,6 +889,7 @@ async fn a_decision_the_log_refuses_tells_the_client_nothing_of_the_spool() {
             .client
             .score(ScoreRequest {
                 application: Some(a),
+                explain: false,
             })
             .await
         {
@@ -894,5 +908,85 @@ async fn a_decision_the_log_refuses_tells_the_client_nothing_of_the_spool() {
         );
     }
     assert!(audit.stats().refused >= 1);
+    audit.shutdown().await;
+}
+
+/// With a shadow in the models file, each live decision (unary and streamed) has exactly one
+/// shadow row in PostgreSQL: its own id, role `shadow`, the shadow's version, `shadow_of` the
+/// live id, and the live row's application, rpc and stream position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_decisions_are_rows_of_their_own_linked_to_the_live_ones() {
+    let db = TestDb::create("cra_api_test").await;
+    let spool = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = dir.path().join("models.toml");
+    std::fs::write(
+        &models,
+        format!(
+            "[[models]]\npath = {:?}\nrole = \"champion\"\n[[models]]\npath = {:?}\nrole = \"shadow\"\n",
+            root.join("models/default"),
+            root.join("models/challenger")
+        ),
+    )
+    .unwrap();
+    let mut cfg = DecisionLogConfig::new(db.url(), spool.path().to_owned());
+    cfg.flush_interval = Duration::from_millis(20);
+    let audit = DecisionLog::start(cfg).await.expect("decision log starts");
+    let mut serve = config();
+    serve.models = Some(models);
+    let log = audit.clone();
+    let mut app = spawn_app_with(serve, move |b| b.decision_log(log)).await;
+    app.wait_ready().await;
+    for (i, mut a) in random_applications(20, 5).into_iter().enumerate() {
+        a.application_id = format!("u-{i}");
+        app.client
+            .score(ScoreRequest {
+                application: Some(a),
+                explain: false,
+            })
+            .await
+            .unwrap();
+    }
+    let mut apps = random_applications(50, 6);
+    for (i, a) in apps.iter_mut().enumerate() {
+        a.application_id = format!("s-{i}");
+    }
+    let answered = stream_all(
+        &mut app.client,
+        vec![ScoreBatchRequest {
+            applications: apps,
+            explain: false,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answered.len(), 50);
+    let (rows, _) = db.wait_for_rows(140, Duration::from_secs(20)).await;
+    assert_eq!(rows, 140, "70 live and 70 shadow rows");
+    let c = db.client().await;
+    let shadow_version = cra_model::ModelBundle::load(root.join("models/challenger"))
+        .unwrap()
+        .version()
+        .to_owned();
+    let linked: i64 = c
+        .query_one(
+            "SELECT count(*) FROM decisions s JOIN decisions l ON s.shadow_of = l.decision_id \
+             WHERE s.model_role = 'shadow' AND l.model_role = 'champion' AND l.shadow_of IS NULL \
+               AND s.model_version = $1 AND l.model_version <> $1 \
+               AND s.decision_id <> l.decision_id AND s.application_id = l.application_id \
+               AND s.rpc = l.rpc AND s.stream_id IS NOT DISTINCT FROM l.stream_id \
+               AND s.stream_position IS NOT DISTINCT FROM l.stream_position \
+               AND s.outcome = 'ok' AND l.outcome = 'ok'",
+            &[&shadow_version],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        linked, 70,
+        "every shadow row is linked to its live decision"
+    );
+    app.handle.shutdown().await.unwrap();
     audit.shutdown().await;
 }

@@ -69,6 +69,7 @@ async fn stream_once(
         .client
         .score_batch(tokio_stream::iter(vec![ScoreBatchRequest {
             applications: apps,
+            explain: false,
         }]))
         .await
         .unwrap()
@@ -132,6 +133,7 @@ async fn an_over_long_application_id_is_recorded_bounded_and_blocks_no_other_dec
         client
             .score(ScoreRequest {
                 application: Some(unary),
+                explain: false,
             })
             .await
     });

@@ -67,6 +67,7 @@ async fn score_id(app: &mut TestApp, id: &str) -> pb::RiskScore {
     app.client
         .score(ScoreRequest {
             application: Some(a),
+            explain: false,
         })
         .await
         .expect("scored")
@@ -326,6 +327,7 @@ async fn ten_reloads_under_load_fail_no_call() {
                 match client
                     .score(Request::new(ScoreRequest {
                         application: Some(a),
+                        explain: false,
                     }))
                     .await
                 {

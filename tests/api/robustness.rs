@@ -30,6 +30,7 @@ async fn an_exceeded_deadline_is_deadline_exceeded() {
         .client
         .score(ScoreRequest {
             application: Some(example()),
+            explain: false,
         })
         .await
         .unwrap_err();
@@ -41,6 +42,7 @@ async fn an_exceeded_deadline_is_deadline_exceeded() {
     let mut app = spawn_app().await;
     let mut req = Request::new(ScoreRequest {
         application: Some(example()),
+        explain: false,
     });
     req.set_timeout(Duration::from_nanos(1));
     let status = app.client.score(req).await.unwrap_err();
@@ -52,6 +54,7 @@ async fn an_exceeded_deadline_is_deadline_exceeded() {
     // A generous deadline is met.
     let mut req = Request::new(ScoreRequest {
         application: Some(example()),
+        explain: false,
     });
     req.set_timeout(Duration::from_secs(5));
     app.client.score(req).await.expect("met deadline");
@@ -195,6 +198,7 @@ async fn still_scores(app: &mut TestApp) {
         .client
         .score(ScoreRequest {
             application: Some(example()),
+            explain: false,
         })
         .await
         .expect("the server still scores");
@@ -228,6 +232,7 @@ async fn a_batch_message_over_the_item_cap_is_refused_before_any_item_is_decided
     // 10,001 empty applications: 20 KB on the wire, one over the default cap of 10,000.
     let message = ScoreBatchRequest {
         applications: vec![pb::CreditApplication::default(); 10_001],
+        explain: false,
     };
     let (answers, end) = stream_messages(&mut app, vec![message]).await;
     let status = end.expect_err("the message is refused");
@@ -242,6 +247,7 @@ async fn a_batch_message_over_the_item_cap_is_refused_before_any_item_is_decided
     // A message at the cap is served, and so is a unary call.
     let message = ScoreBatchRequest {
         applications: vec![example(); 10_000],
+        explain: false,
     };
     let (answers, end) = stream_messages(&mut app, vec![message]).await;
     end.expect("a message at the cap is served");
@@ -264,6 +270,7 @@ async fn a_unary_request_over_its_own_limit_is_refused_before_decoding() {
         .client
         .score(ScoreRequest {
             application: Some(big),
+            explain: false,
         })
         .await
         .expect_err("refused");
@@ -290,6 +297,7 @@ async fn every_accepted_batch_message_gets_an_answer_that_can_be_sent() {
     let n = (60 * 1024) / per_item;
     let message = ScoreBatchRequest {
         applications: vec![item; n],
+        explain: false,
     };
     assert!(message.encoded_len() <= 64 * 1024);
     let (answers, end) = stream_messages(&mut app, vec![message]).await;
@@ -320,6 +328,7 @@ async fn a_unary_call_past_its_deadline_is_not_recorded() {
             .client
             .score(ScoreRequest {
                 application: Some(example()),
+                explain: false,
             })
             .await
             .unwrap_err();
@@ -367,6 +376,7 @@ async fn idle_streams_do_not_starve_unary_calls() {
         app.client
             .score(ScoreRequest {
                 application: Some(example()),
+                explain: false,
             })
             .await
             .unwrap_or_else(|s| panic!("unary call {i} with {opened} idle streams open: {s:?}"));
@@ -387,6 +397,7 @@ async fn empty_stream_messages_count_toward_the_round_size() {
     let mut messages = vec![ScoreBatchRequest::default(); 1_000];
     messages.push(ScoreBatchRequest {
         applications: vec![example()],
+        explain: false,
     });
     let resp = app
         .client
@@ -572,6 +583,7 @@ async fn peak_memory_stays_bounded_under_oversized_messages() {
     let status = client
         .score(ScoreRequest {
             application: Some(big),
+            explain: false,
         })
         .await
         .expect_err("a 12 MB request is refused");
@@ -645,6 +657,7 @@ async fn peak_memory_stays_bounded_under_oversized_messages() {
     let resp = client
         .score(ScoreRequest {
             application: Some(example()),
+            explain: false,
         })
         .await
         .expect("still scores");
@@ -670,6 +683,7 @@ async fn an_idle_stream_is_ended_and_frees_its_slot() {
         .into_inner();
     tx.send(ScoreBatchRequest {
         applications: vec![example()],
+        explain: false,
     })
     .await
     .unwrap();
@@ -694,6 +708,7 @@ async fn an_idle_stream_is_ended_and_frees_its_slot() {
         &mut app,
         vec![ScoreBatchRequest {
             applications: vec![example()],
+            explain: false,
         }],
     )
     .await;
@@ -720,6 +735,7 @@ async fn connections_beyond_the_limit_are_closed() {
         CreditRiskServiceClient::new(channel)
             .score(ScoreRequest {
                 application: Some(example()),
+                explain: false,
             })
             .await
             .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?;
@@ -735,6 +751,7 @@ async fn connections_beyond_the_limit_are_closed() {
     second_client
         .score(ScoreRequest {
             application: Some(example()),
+            explain: false,
         })
         .await
         .expect("the second connection is served");

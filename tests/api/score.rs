@@ -13,6 +13,7 @@ async fn the_original_example_application_is_scored_consistently_with_the_model(
         .client
         .score(ScoreRequest {
             application: Some(example()),
+            explain: false,
         })
         .await
         .expect("score succeeds");
@@ -71,6 +72,7 @@ async fn the_callers_request_id_is_echoed() {
     let mut app = spawn_app().await;
     let mut req = Request::new(ScoreRequest {
         application: Some(example()),
+        explain: false,
     });
     req.metadata_mut()
         .insert("x-request-id", "req-abc-123".parse().unwrap());
@@ -85,7 +87,10 @@ async fn a_request_without_an_application_names_the_field() {
     let mut app = spawn_app().await;
     let status = app
         .client
-        .score(ScoreRequest { application: None })
+        .score(ScoreRequest {
+            application: None,
+            explain: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

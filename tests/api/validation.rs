@@ -76,6 +76,7 @@ async fn each_rule_rejects_its_field_with_bad_request_details() {
             .client
             .score(ScoreRequest {
                 application: Some(a),
+                explain: false,
             })
             .await
             .expect_err(&format!("case {i} ({field}) must be rejected"));
@@ -122,6 +123,7 @@ async fn boundary_values_and_absent_optionals_are_accepted() {
             .client
             .score(ScoreRequest {
                 application: Some(a),
+                explain: false,
             })
             .await;
         let s = r
@@ -148,6 +150,7 @@ async fn several_bad_fields_are_all_named() {
         .client
         .score(ScoreRequest {
             application: Some(a),
+            explain: false,
         })
         .await
         .unwrap_err();
@@ -168,6 +171,7 @@ async fn several_bad_fields_are_all_named() {
         .client
         .score(ScoreRequest {
             application: Some(pb::CreditApplication::default()),
+            explain: false,
         })
         .await
         .unwrap_err();

@@ -21,6 +21,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use chrono::{DateTime, Utc};
@@ -29,7 +30,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     ensemble::{sigmoid, Ensemble, EnsembleError},
+    explain::{Explainer, ReasonCodeTable},
     preprocess::{feature_names, FittedPreprocessor, PreprocessError, NUM_FEATURES},
+    shap::TreeShap,
 };
 use crate::application::Application;
 
@@ -40,6 +43,11 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const CHECKSUMS_FILE: &str = "checksums.sha256";
 /// The files [`CHECKSUMS_FILE`] covers, in the order it lists them.
 pub const CHECKSUMMED_FILES: [&str; 3] = [BOOSTER_FILE, MANIFEST_FILE, METRICS_FILE];
+/// The reason-code table (see [`crate::explain`]); optional: a bundle without it explains with
+/// [`ReasonCodeTable::standard`]. When present it must be in the checksum file.
+pub const REASON_CODES_FILE: &str = "reason_codes.json";
+/// Files a bundle may have, checksummed when present.
+pub const OPTIONAL_FILES: [&str; 1] = [REASON_CODES_FILE];
 /// Bumped when the layout of `bundle.json` changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 /// How far a reloaded model's probability may be from the training-time one.
@@ -286,6 +294,10 @@ pub struct ModelBundle {
     pub metrics: BTreeMap<String, f64>,
     pub dir: PathBuf,
     ensemble: Ensemble,
+    /// reason_codes.json, or the standard table for a bundle without one.
+    pub reason_codes: ReasonCodeTable,
+    /// TreeSHAP tables and the reason codes, built on first use ([`Self::explainer`]).
+    explainer: std::sync::OnceLock<std::result::Result<Arc<Explainer>, String>>,
 }
 
 /// Hex SHA-256 of a byte string.
@@ -311,12 +323,17 @@ pub fn checksums_text<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) 
 /// Writes [`CHECKSUMS_FILE`] for the files already in `dir`. The trainer writes it with the
 /// bundle; this is for a bundle whose files are trusted but which has no checksum file yet.
 pub fn write_checksums(dir: &Path) -> Result<()> {
-    let contents = CHECKSUMMED_FILES
+    let names: Vec<&str> = CHECKSUMMED_FILES
+        .iter()
+        .chain(OPTIONAL_FILES.iter().filter(|f| dir.join(f).exists()))
+        .copied()
+        .collect();
+    let contents = names
         .iter()
         .map(|name| read(&dir.join(name)))
         .collect::<Result<Vec<_>>>()?;
     let text = checksums_text(
-        CHECKSUMMED_FILES
+        names
             .iter()
             .copied()
             .zip(contents.iter().map(Vec::as_slice)),
@@ -346,7 +363,11 @@ fn parse_checksums(path: &Path, text: &str) -> Result<BTreeMap<&'static str, Str
         if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(format!("line {n}: {hex:?} is not a hex SHA-256")));
         }
-        let Some(&file) = CHECKSUMMED_FILES.iter().find(|f| **f == name) else {
+        let Some(&file) = CHECKSUMMED_FILES
+            .iter()
+            .chain(&OPTIONAL_FILES)
+            .find(|f| **f == name)
+        else {
             return Err(bad(format!(
                 "line {n} names {name:?}, which is not a bundle file"
             )));
@@ -420,6 +441,48 @@ fn parse_metrics(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>> {
         .into_iter()
         .filter_map(|(k, v)| v.as_f64().map(|f| (k, f)))
         .collect())
+}
+
+/// The reason-code table of a bundle: `reason_codes.json` when the checksum file lists it (it
+/// must then match), the standard table when the bundle has none; a file present but not
+/// vouched for is refused.
+fn load_reason_codes(
+    dir: &Path,
+    checksums: &BTreeMap<&'static str, String>,
+) -> Result<ReasonCodeTable> {
+    let path = dir.join(REASON_CODES_FILE);
+    let Some(expected) = checksums.get(REASON_CODES_FILE) else {
+        if path.exists() {
+            return Err(BundleError::BadChecksums {
+                path: dir.join(CHECKSUMS_FILE),
+                problem: format!(
+                    "{REASON_CODES_FILE} is in the bundle but has no checksum; add its line (`sha256sum {REASON_CODES_FILE} >> {CHECKSUMS_FILE}` in {}) or remove the file",
+                    dir.display()
+                ),
+            });
+        }
+        return Ok(ReasonCodeTable::standard());
+    };
+    let bytes = read(&path)?;
+    let actual = sha256_hex(&bytes);
+    if &actual != expected {
+        return Err(BundleError::Checksum {
+            dir: dir.to_owned(),
+            file: REASON_CODES_FILE,
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    let table: ReasonCodeTable =
+        serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
+    let problems = table.problems();
+    if !problems.is_empty() {
+        return Err(BundleError::Invalid { path, problems });
+    }
+    Ok(table)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -511,11 +574,14 @@ impl ModelBundle {
             });
         }
         let metrics = parse_metrics(&dir.join(METRICS_FILE), metrics_json)?;
+        let reason_codes = load_reason_codes(&dir, &checksums)?;
         let bundle = ModelBundle {
             manifest,
             metrics,
             dir,
             ensemble,
+            reason_codes,
+            explainer: std::sync::OnceLock::new(),
         };
         bundle.verify_canary()?;
         Ok(bundle)
@@ -550,6 +616,19 @@ impl ModelBundle {
 
     pub fn version(&self) -> &str {
         &self.manifest.model_version
+    }
+
+    /// The explainer of this model (TreeSHAP tables, built once, then shared), or why the
+    /// model cannot be explained (a booster without node covers).
+    pub fn explainer(&self) -> std::result::Result<&Arc<Explainer>, &str> {
+        self.explainer
+            .get_or_init(|| {
+                TreeShap::new(&self.ensemble)
+                    .map(|shap| Arc::new(Explainer::new(shap, self.reason_codes.clone())))
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     pub fn num_trees(&self) -> usize {
@@ -631,10 +710,51 @@ mod tests {
     fn default_copy() -> tempfile::TempDir {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
         let dir = tempfile::tempdir().unwrap();
-        for f in CHECKSUMMED_FILES.iter().chain([&CHECKSUMS_FILE]) {
+        for f in CHECKSUMMED_FILES
+            .iter()
+            .chain(&OPTIONAL_FILES)
+            .chain([&CHECKSUMS_FILE])
+        {
             fs::copy(src.join(f), dir.path().join(f)).unwrap();
         }
         dir
+    }
+
+    #[test]
+    fn reason_codes_are_checksummed_validated_and_optional() {
+        // Without the file: the standard table.
+        let dir = default_copy();
+        fs::remove_file(dir.path().join(REASON_CODES_FILE)).unwrap();
+        write_checksums(dir.path()).unwrap();
+        let b = ModelBundle::load(dir.path()).unwrap();
+        assert_eq!(b.reason_codes, ReasonCodeTable::standard());
+        // Present but not in the checksum file: refused, with the remedy.
+        fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/reason_codes.json"),
+            dir.path().join(REASON_CODES_FILE),
+        )
+        .unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("reason_codes.json is in the bundle but has no checksum"),
+            "{e}"
+        );
+        // Changed after its checksum was taken: refused.
+        write_checksums(dir.path()).unwrap();
+        fs::write(dir.path().join(REASON_CODES_FILE), b"{}").unwrap();
+        let e = load_err(dir.path());
+        assert!(e.contains("reason_codes.json does not match"), "{e}");
+        // A table that leaves a feature out: every problem named.
+        let mut t = ReasonCodeTable::standard();
+        t.codes.retain(|c| c.code != "R13");
+        fs::write(
+            dir.path().join(REASON_CODES_FILE),
+            serde_json::to_vec(&t).unwrap(),
+        )
+        .unwrap();
+        write_checksums(dir.path()).unwrap();
+        let e = load_err(dir.path());
+        assert!(e.contains("feature age belongs to no code"), "{e}");
     }
 
     /// Edits the copy's manifest as JSON and, like an operator who "fixes" the checksums,

@@ -27,6 +27,8 @@
 //! Every number must be finite. Absent optional fields become "missing" (NaN) for the model;
 //! an absent required field is a violation.
 
+use std::borrow::Cow;
+
 use crate::application::{Application, EmploymentStatus, HomeOwnership, LoanPurpose};
 
 /// Longest accepted `application_id`, in bytes.
@@ -72,17 +74,18 @@ impl Category {
     /// How the decision log records it: the snake_case name of a known value, `unspecified`
     /// for code 0, `unknown(<n>)` for an unknown code, `unknown:<text>` (at most 64 bytes of
     /// it) for an unknown spelling; `None` when absent.
-    pub fn recorded<T: CategoryValue>(&self) -> Option<String> {
+    /// Allocates only for an unknown value.
+    pub fn recorded<T: CategoryValue>(&self) -> Option<Cow<'static, str>> {
         match self {
             Category::Absent => None,
-            Category::Code(0) => Some("unspecified".into()),
+            Category::Code(0) => Some(Cow::Borrowed("unspecified")),
             Category::Code(c) => Some(match T::from_code(*c) {
-                Some(v) => v.name().to_owned(),
-                None => format!("unknown({c})"),
+                Some(v) => Cow::Borrowed(v.name()),
+                None => Cow::Owned(format!("unknown({c})")),
             }),
             Category::Name(s) => Some(match T::parse(s) {
-                Some(v) => v.name().to_owned(),
-                None => format!("unknown:{}", truncated(s, MAX_ECHOED_NAME_BYTES)),
+                Some(v) => Cow::Borrowed(v.name()),
+                None => Cow::Owned(format!("unknown:{}", truncated(s, MAX_ECHOED_NAME_BYTES))),
             }),
         }
     }

@@ -12,6 +12,7 @@ pub mod application;
 pub mod bundle;
 pub mod dataset;
 pub mod ensemble;
+pub mod explain;
 pub mod input;
 pub mod preprocess;
 pub mod shap;
