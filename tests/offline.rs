@@ -265,3 +265,75 @@ async fn cra_score_records_every_decision_with_rpc_offline() {
         .get(0);
     assert_eq!(run, summary.run_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cra_score_explain_writes_reasons_and_contributions_that_add_up_to_the_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = input_file(dir.path(), 200);
+    let out = dir.path().join("explained.parquet");
+    let mut a = args(&input, &out);
+    a.explain = true;
+    tokio::task::spawn_blocking(move || cra::offline::run(&a))
+        .await
+        .unwrap()
+        .unwrap();
+    let file = std::fs::File::open(&out).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let features = cra_model::preprocess::feature_names();
+    let (mut explained, mut with_reasons) = (0, 0);
+    for batch in reader {
+        let b = batch.unwrap();
+        let f = |name: &str| {
+            b.column_by_name(name)
+                .unwrap_or_else(|| panic!("no column {name}"))
+                .as_primitive::<Float64Type>()
+                .clone()
+        };
+        let margin = f("margin");
+        let base = f("base_margin");
+        let codes = b
+            .column_by_name("reason_codes")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let reasons = b
+            .column_by_name("reasons")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let contributions: Vec<_> = features
+            .iter()
+            .map(|name| f(&format!("contribution_{name}")))
+            .collect();
+        for i in 0..b.num_rows() {
+            if margin.is_null(i) {
+                assert!(
+                    base.is_null(i) && codes.is_null(i),
+                    "an invalid row has no explanation"
+                );
+                continue;
+            }
+            explained += 1;
+            let total = base.value(i) + contributions.iter().map(|c| c.value(i)).sum::<f64>();
+            assert!(
+                (total - margin.value(i)).abs() < 1e-4,
+                "row {i}: {total} vs {}",
+                margin.value(i)
+            );
+            if !codes.value(i).is_empty() {
+                with_reasons += 1;
+                let first = codes.value(i).split(' ').next().unwrap();
+                assert!(
+                    reasons.value(i).starts_with(&format!("{first}: ")),
+                    "{}",
+                    reasons.value(i)
+                );
+            }
+        }
+    }
+    assert_eq!(explained, 196);
+    assert!(with_reasons > 0);
+}
