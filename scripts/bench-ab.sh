@@ -10,7 +10,7 @@
 # env: MODE (unary, or stream: ScoreBatch streams of CHUNK applications per message),
 #      DURATION (15s), CONCURRENCY (64; streams in stream mode), CONNECTIONS (2), CHUNK (1000),
 #      PORT (50581), PG_SERVER (postgres://postgres@127.0.0.1:5432), AUDIT (on),
-#      EXTRA_SERVE_ARGS ("")
+#      EXTRA_SERVE_ARGS ("", both sides), A_SERVE_ARGS / B_SERVE_ARGS ("", one side each)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 A=$(readlink -f "$1"); B=$(readlink -f "$2"); ROUNDS=${3:-2}
@@ -23,6 +23,8 @@ PORT=${PORT:-50581}
 PG_SERVER=${PG_SERVER:-postgres://postgres@127.0.0.1:5432}
 AUDIT=${AUDIT:-on}
 EXTRA_SERVE_ARGS=${EXTRA_SERVE_ARGS:-}
+A_SERVE_ARGS=${A_SERVE_ARGS:-}
+B_SERVE_ARGS=${B_SERVE_ARGS:-}
 OUT=results/ab-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 ADDR=127.0.0.1:$PORT
@@ -42,16 +44,18 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "A: $A ($("$A" --version))"
   echo "B: $B ($("$B" --version))"
+  echo "serve args: both '$EXTRA_SERVE_ARGS', A '$A_SERVE_ARGS', B '$B_SERVE_ARGS'"
   echo "bench: --mode $MODE --connections $CONNECTIONS --concurrency $CONCURRENCY --chunk $CHUNK --duration $DURATION, audit $AUDIT"
 } | tee "$OUT/env.txt"
 for r in $(seq 1 "$ROUNDS"); do
   for side in A B; do
-    bin=$A; [ "$side" = B ] && bin=$B
+    bin=$A; side_args=$A_SERVE_ARGS
+    if [ "$side" = B ]; then bin=$B; side_args=$B_SERVE_ARGS; fi
     DB=cra_ab_$$_$r$side
     SPOOL=$(mktemp -d)
     # shellcheck disable=SC2086
     "$bin" serve --listen "$ADDR" --audit "$AUDIT" --database-url "$PG_SERVER/$DB" \
-      --spool-dir "$SPOOL/spool" $EXTRA_SERVE_ARGS >"$OUT/serve-$r$side.log" 2>&1 &
+      --spool-dir "$SPOOL/spool" $EXTRA_SERVE_ARGS $side_args >"$OUT/serve-$r$side.log" 2>&1 &
     PID=$!
     for _ in $(seq 1 300); do
       if "$B" bench --addr "$ADDR" --mode unary --requests 200 --concurrency 1 >/dev/null 2>&1; then break; fi

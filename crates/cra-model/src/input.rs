@@ -181,11 +181,18 @@ struct Checker {
 }
 
 impl Checker {
-    fn required(&mut self, field: &'static str, v: Option<f64>, accepted: &str) -> Option<f64> {
+    /// `v`, or a violation saying the field is required and what is accepted (`accepted` is
+    /// only formatted then: validation allocates nothing for a valid field).
+    fn required(
+        &mut self,
+        field: &'static str,
+        v: Option<f64>,
+        accepted: impl FnOnce() -> String,
+    ) -> Option<f64> {
         if v.is_none() {
             self.violations.push(FieldViolation::new(
                 field,
-                format!("is required; must be {accepted}"),
+                format!("is required; must be {}", accepted()),
             ));
         }
         v
@@ -200,26 +207,21 @@ impl Checker {
         min_exclusive: bool,
         max: f64,
     ) -> f64 {
-        let lower = if min_exclusive {
-            format!("greater than {min}")
-        } else {
-            format!("at least {min}")
-        };
-        let Some(v) = self.required(
-            field,
-            v,
-            &format!("a finite number {lower} and at most {max}"),
-        ) else {
+        let Some(v) = self.required(field, v, || {
+            format!(
+                "a finite number {} and at most {max}",
+                lower_bound(min, min_exclusive)
+            )
+        }) else {
             return f64::NAN;
         };
-        self.real_value(field, v, &lower, min, min_exclusive, max)
+        self.real_value(field, v, min, min_exclusive, max)
     }
 
     fn real_value(
         &mut self,
         field: &'static str,
         v: f64,
-        lower: &str,
         min: f64,
         min_exclusive: bool,
         max: f64,
@@ -233,7 +235,10 @@ impl Checker {
             };
             self.violations.push(FieldViolation::new(
                 field,
-                format!("must be a finite number {lower} and at most {max}; got {what}"),
+                format!(
+                    "must be a finite number {} and at most {max}; got {what}",
+                    lower_bound(min, min_exclusive)
+                ),
             ));
         }
         v
@@ -241,14 +246,14 @@ impl Checker {
 
     /// An optional real number: absent means missing (NaN).
     fn opt_real(&mut self, field: &'static str, v: Option<f64>, min: f64, max: f64) -> f64 {
-        v.map_or(f64::NAN, |v| {
-            self.real_value(field, v, &format!("at least {min}"), min, false, max)
-        })
+        v.map_or(f64::NAN, |v| self.real_value(field, v, min, false, max))
     }
 
     /// A whole number within `[min, max]`.
     fn int(&mut self, field: &'static str, v: Option<f64>, min: i32, max: i32) -> f64 {
-        match self.required(field, v, &format!("a whole number between {min} and {max}")) {
+        match self.required(field, v, || {
+            format!("a whole number between {min} and {max}")
+        }) {
             Some(v) => self.int_value(field, v, min, max),
             None => f64::NAN,
         }
@@ -281,25 +286,36 @@ impl Checker {
 
     /// A category that is present and known.
     fn category<T: CategoryValue>(&mut self, field: &'static str, v: &Category) -> Option<T> {
-        let (found, why) = match v {
-            Category::Absent => (None, "is missing".to_string()),
-            Category::Code(0) => (None, "is missing (UNSPECIFIED)".to_string()),
-            Category::Code(c) => (T::from_code(*c), format!("has unknown value {c}")),
-            Category::Name(s) => (
-                T::parse(s),
-                format!(
+        let found = match v {
+            Category::Absent | Category::Code(0) => None,
+            Category::Code(c) => T::from_code(*c),
+            Category::Name(s) => T::parse(s),
+        };
+        if found.is_none() {
+            let why = match v {
+                Category::Absent => "is missing".to_string(),
+                Category::Code(0) => "is missing (UNSPECIFIED)".to_string(),
+                Category::Code(c) => format!("has unknown value {c}"),
+                Category::Name(s) => format!(
                     "has unknown value {:?}",
                     truncated(s, MAX_ECHOED_NAME_BYTES)
                 ),
-            ),
-        };
-        if found.is_none() {
+            };
             self.violations.push(FieldViolation::new(
                 field,
                 format!("{why}; must be one of {}", T::names().join(", ")),
             ));
         }
         found
+    }
+}
+
+/// "greater than MIN" or "at least MIN".
+fn lower_bound(min: f64, exclusive: bool) -> String {
+    if exclusive {
+        format!("greater than {min}")
+    } else {
+        format!("at least {min}")
     }
 }
 
