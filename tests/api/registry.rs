@@ -353,11 +353,19 @@ async fn ten_reloads_under_load_fail_no_call() {
     for t in load {
         t.await.unwrap();
     }
-    let info = client
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    // The last reload may still be verifying its set.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        let info = client
+            .get_model_info(GetModelInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if info.registry.as_ref().unwrap().reloads >= 10 || Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let registry = info.registry.unwrap();
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no call failed");
     assert!(ok.load(Ordering::Relaxed) > 100, "the load ran");
