@@ -147,8 +147,9 @@ pub struct ServeConfig {
     #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
     pub model: PathBuf,
     /// A models file (TOML) listing the champion, challengers (A/B, by weight) and shadows;
-    /// replaces --model. Reloaded on SIGHUP and whenever the file changes.
-    #[arg(long, env = "CRA_MODELS", conflicts_with = "model")]
+    /// when given, --model (and CRA_MODEL) is not used. Reloaded on SIGHUP and whenever the file
+    /// changes.
+    #[arg(long, env = "CRA_MODELS")]
     pub models: Option<PathBuf>,
     /// Which decisions carry an explanation (TreeSHAP contributions and adverse-action reasons)
     /// when the client does not ask: never, declined (prediction 1) or always. Explained
@@ -250,8 +251,9 @@ pub struct ScoreArgs {
     /// Model bundle directory: the only model (the champion).
     #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
     pub model: PathBuf,
-    /// A models file (TOML): champion, challengers by weight (sticky by application_id), shadows.
-    #[arg(long, env = "CRA_MODELS", conflicts_with = "model")]
+    /// A models file (TOML): champion, challengers by weight (sticky by application_id), shadows;
+    /// when given, --model (and CRA_MODEL) is not used.
+    #[arg(long, env = "CRA_MODELS")]
     pub models: Option<PathBuf>,
     /// Input Parquet file: the 17 input columns, and optionally application_id.
     #[arg(long)]

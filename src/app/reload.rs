@@ -25,19 +25,43 @@ pub enum Trigger {
     Api,
 }
 
+/// The content of the models file, to tell a real change from a directory event that left it
+/// as it was (a Kubernetes ConfigMap volume swaps a `..data` symlink beside it, an editor writes
+/// swap files there).
+fn file_digest(registry: &Registry) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    match registry.source() {
+        crate::scoring::ModelSource::File(path) => std::fs::read(path)
+            .ok()
+            .map(|bytes| Sha256::digest(bytes).to_vec()),
+        crate::scoring::ModelSource::Bundle(_) => None,
+    }
+}
+
 /// Runs reloads one after another for the triggers sent to the returned sender; ends when
-/// every sender is dropped.
+/// every sender is dropped. A file event reloads only when the models file's content changed;
+/// SIGHUP and explicit requests always reload (bundles may have changed under the same file).
 pub fn spawn_reloader(
     registry: Arc<Registry>,
 ) -> (mpsc::Sender<Trigger>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Trigger>(16);
     let task = tokio::spawn(async move {
-        while let Some(trigger) = rx.recv().await {
+        let mut last = file_digest(&registry);
+        while let Some(mut trigger) = rx.recv().await {
             if trigger == Trigger::FileChanged {
                 // Let the writer finish, and fold the burst of events into one reload.
                 tokio::time::sleep(SETTLE).await;
-                while rx.try_recv().is_ok() {}
+                while let Ok(t) = rx.try_recv() {
+                    if t != Trigger::FileChanged {
+                        trigger = t;
+                    }
+                }
             }
+            let now = file_digest(&registry);
+            if trigger == Trigger::FileChanged && now == last {
+                continue;
+            }
+            last = now;
             tracing::info!(?trigger, "reloading the models from {}", registry.source());
             let r = registry.clone();
             // Errors are logged and kept by the registry; the old set keeps serving.
@@ -68,9 +92,10 @@ pub fn on_sighup(tx: mpsc::Sender<Trigger>) -> std::io::Result<tokio::task::Join
     }
 }
 
-/// Watches the directory of `file` (editors and `mv` replace the file, so the file itself
-/// cannot be watched) and sends [`Trigger::FileChanged`] when an event names the file. The
-/// watcher stops when the returned value is dropped.
+/// Watches the directory of `file` (editors, `mv` and Kubernetes ConfigMap volumes replace the
+/// file or a symlink to it, so the file itself cannot be watched) and sends
+/// [`Trigger::FileChanged`] on any change in it; the reloader then reloads only if the file's
+/// content changed. The watcher stops when the returned value is dropped.
 pub fn watch_file(
     file: &Path,
     tx: mpsc::Sender<Trigger>,
@@ -80,20 +105,13 @@ pub fn watch_file(
         .parent()
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from("."));
-    let name = file.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_owned()) == name)
-        {
-            // A full queue already holds a reload that will read the file.
-            let _ = tx.try_send(Trigger::FileChanged);
-        }
+        // A full queue already holds a reload that will read the file.
+        let _ = tx.try_send(Trigger::FileChanged);
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)

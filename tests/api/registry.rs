@@ -450,6 +450,16 @@ async fn a_change_to_the_models_file_reloads_it() {
     let file = models_file(dir.path(), &ab_file(90, 10));
     let mut app = spawn_with_models(&file).await;
     assert_eq!(registry_status(&mut app).await.generation, 1);
+    // Another file in the folder, and the models file rewritten with the same content: no
+    // reload (a ConfigMap volume or an editor touches the folder without changing the set).
+    std::fs::write(dir.path().join("notes.txt"), "unrelated").unwrap();
+    std::fs::write(&file, ab_file(90, 10)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        registry_status(&mut app).await.generation,
+        1,
+        "nothing changed"
+    );
     // Replaced (as editors and `mv` do), then written in place.
     models_file(dir.path(), &ab_file(70, 30));
     let deadline = Instant::now() + Duration::from_secs(10);
