@@ -6,7 +6,8 @@
 # handler's time (`processing_time`: p50, p99, p99.9, max), plus the server's CPU time per call.
 #
 #   scripts/bench-ab.sh A_BIN B_BIN [ROUNDS]      results go to results/ab-<UTC time>/
-# Both binaries must find libxgboost (LD_LIBRARY_PATH, or the rpath of a build that sets one).
+# A build from before issue 9 links libxgboost: give it LD_LIBRARY_PATH (builds since then link
+# none, or carry an rpath when built with the trainer).
 # env: MODE (unary, or stream: ScoreBatch streams of CHUNK applications per message),
 #      DURATION (15s), CONCURRENCY (64; streams in stream mode), CONNECTIONS (2), CHUNK (1000),
 #      PORT (50581), PG_SERVER (postgres://postgres@127.0.0.1:5432), AUDIT (on),

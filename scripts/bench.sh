@@ -19,9 +19,7 @@ OUT=results/bench-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 scripts/setup.sh --test >/dev/null
 cargo build --release --locked --bin cra 2>&1 | tail -1
-CRA=target/release/cra
-libdir=$(dirname "$(ls -t target/release/build/xgboost_lib-sys-*/out/lib/libxgboost.so | head -1)")
-export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+CRA=target/release/cra   # links no libxgboost: runs as built
 ADDR=127.0.0.1:$PORT
 DB=cra_bench_$$
 SPOOL=$(mktemp -d)
