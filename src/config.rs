@@ -238,10 +238,7 @@ impl ServeConfig {
 
     /// Where the models come from: `--models FILE`, else `--model DIR`.
     pub fn model_source(&self) -> crate::scoring::ModelSource {
-        match &self.models {
-            Some(file) => crate::scoring::ModelSource::File(file.clone()),
-            None => crate::scoring::ModelSource::Bundle(self.model.clone()),
-        }
+        crate::scoring::ModelSource::of(self.models.as_deref(), &self.model)
     }
 }
 
@@ -285,10 +282,7 @@ pub struct ScoreArgs {
 
 impl ScoreArgs {
     pub fn model_source(&self) -> crate::scoring::ModelSource {
-        match &self.models {
-            Some(file) => crate::scoring::ModelSource::File(file.clone()),
-            None => crate::scoring::ModelSource::Bundle(self.model.clone()),
-        }
+        crate::scoring::ModelSource::of(self.models.as_deref(), &self.model)
     }
 }
 

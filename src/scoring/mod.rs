@@ -290,15 +290,10 @@ impl Scorer {
                 )
             })
             .collect();
-        let single = set.live.len() == 1;
         for (i, input) in inputs.iter().enumerate() {
             match input.validate() {
                 Ok(app) => {
-                    let member = if single {
-                        0
-                    } else {
-                        set.route(&input.application_id)
-                    };
+                    let member = set.route(&input.application_id);
                     groups[member].0.push(i);
                     groups[member].1.push(app);
                     items.push(Item::Invalid(Vec::new())); // replaced below
@@ -316,10 +311,9 @@ impl Scorer {
                 decisions.extend(bundle.score_many(slice));
             }
             let mut scratch = None;
-            let explain_none = self.explain == ExplainPolicy::Never && asked.is_empty();
             for ((i, application), decision) in indices.into_iter().zip(apps).zip(decisions) {
                 let asked_here = asked.get(i).copied().unwrap_or(false);
-                let explanation = if !explain_none && self.explain.covers(asked_here, &decision) {
+                let explanation = if self.explain.covers(asked_here, &decision) {
                     explainer_for(bundle, asked_here)?.map(|explainer| {
                         let scratch = scratch.get_or_insert_with(|| explainer.scratch());
                         Box::new(explainer.explain(bundle.preprocessor(), &application, scratch))

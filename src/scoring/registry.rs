@@ -68,6 +68,16 @@ pub enum ModelSource {
     File(PathBuf),
 }
 
+impl ModelSource {
+    /// `--models FILE` when given, else `--model DIR`.
+    pub fn of(models: Option<&Path>, model: &Path) -> ModelSource {
+        match models {
+            Some(file) => ModelSource::File(file.to_owned()),
+            None => ModelSource::Bundle(model.to_owned()),
+        }
+    }
+}
+
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -12,7 +12,10 @@ use std::{
 };
 
 use cra::{
-    grpc::pb::{self, GetModelInfoRequest, ScoreRequest},
+    grpc::pb::{
+        self, credit_risk_service_client::CreditRiskServiceClient, GetModelInfoRequest,
+        ScoreRequest,
+    },
     scoring::{DecisionRecord, DecisionRecorder, RecordError, Role},
 };
 use cra_model::ModelBundle;
@@ -59,6 +62,16 @@ async fn spawn_watching(file: &Path, watch: bool) -> TestApp {
     let app = spawn_app_with(cfg, |b| b).await;
     app.wait_ready().await;
     app
+}
+
+async fn model_info(
+    client: &mut CreditRiskServiceClient<tonic::transport::Channel>,
+) -> pb::GetModelInfoResponse {
+    client
+        .get_model_info(GetModelInfoRequest {})
+        .await
+        .expect("GetModelInfo answers")
+        .into_inner()
 }
 
 async fn score_id(app: &mut TestApp, id: &str) -> pb::RiskScore {
@@ -129,12 +142,7 @@ async fn routing_follows_the_weights_and_is_sticky_per_application_id() {
     }
     assert_eq!(anonymous.len(), 2, "{anonymous:?}");
 
-    let info = app
-        .client
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut app.client).await;
     let roles: Vec<(i32, u32, String)> = info
         .models
         .iter()
@@ -291,14 +299,7 @@ async fn a_slow_or_failing_shadow_neither_slows_nor_fails_the_live_answer() {
             rows.shadow_calls.load(Ordering::Relaxed) > 0,
             "the shadow ran"
         );
-        let info = app
-            .client
-            .get_model_info(GetModelInfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .registry
-            .unwrap();
+        let info = model_info(&mut app.client).await.registry.unwrap();
         if fails {
             assert!(info.shadow_unrecorded > 0, "{info:?}");
         }
@@ -356,11 +357,7 @@ async fn ten_reloads_under_load_fail_no_call() {
     // The last reload may still be verifying its set.
     let deadline = Instant::now() + Duration::from_secs(10);
     let info = loop {
-        let info = client
-            .get_model_info(GetModelInfoRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let info = model_info(&mut client).await;
         if info.registry.as_ref().unwrap().reloads >= 10 || Instant::now() > deadline {
             break info;
         }
@@ -406,12 +403,7 @@ async fn a_bad_bundle_is_refused_and_the_old_set_keeps_serving() {
     app.handle.request_reload().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let registry = loop {
-        let r = app
-            .client
-            .get_model_info(GetModelInfoRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let r = model_info(&mut app.client).await;
         let reg = r.registry.clone().unwrap();
         if reg.refusals > 0 || Instant::now() > deadline {
             break r;
@@ -435,13 +427,7 @@ async fn a_bad_bundle_is_refused_and_the_old_set_keeps_serving() {
 }
 
 async fn registry_status(app: &mut TestApp) -> pb::RegistryStatus {
-    app.client
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .registry
-        .unwrap()
+    model_info(&mut app.client).await.registry.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,12 +464,7 @@ async fn a_change_to_the_models_file_reloads_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let info = app
-        .client
-        .get_model_info(GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = model_info(&mut app.client).await;
     let weights: Vec<u32> = info.models.iter().map(|m| m.weight).collect();
     assert_eq!(weights, [60, 40]);
     app.handle.shutdown().await.unwrap();
