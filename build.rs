@@ -10,7 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("creditrisk_descriptor.bin"))
-        .compile_protos(&["proto/creditrisk/v1/credit_risk.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/creditrisk/v1/credit_risk.proto",
+                "proto/inference/open_inference.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     // refinery::embed_migrations! reads migrations/ at compile time; rebuild when it changes.
     println!("cargo:rerun-if-changed=migrations");

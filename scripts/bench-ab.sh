@@ -13,6 +13,9 @@
 #      PORT (50581), PG_SERVER (postgres://postgres@127.0.0.1:5432), AUDIT (on),
 #      EXTRA_SERVE_ARGS ("", both sides), A_SERVE_ARGS / B_SERVE_ARGS ("", one side each)
 set -euo pipefail
+# Servers started here listen for HTTP on any free port (not the default 8080), so that they
+# never collide with each other or with a server already running.
+export CRA_HTTP_LISTEN=${CRA_HTTP_LISTEN:-127.0.0.1:0}
 cd "$(dirname "$(readlink -f "$0")")/.."
 A=$(readlink -f "$1"); B=$(readlink -f "$2"); ROUNDS=${3:-2}
 DURATION=${DURATION:-15s}

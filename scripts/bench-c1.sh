@@ -12,6 +12,9 @@
 # env: N_REQ (2000, peer), DURATION (10s, CRA), PEER_PORT (5055), PORT (50591),
 #      PG_SERVER (postgres://postgres@127.0.0.1:5432)
 set -euo pipefail
+# Servers started here listen for HTTP on any free port (not the default 8080), so that they
+# never collide with each other or with a server already running.
+export CRA_HTTP_LISTEN=${CRA_HTTP_LISTEN:-127.0.0.1:0}
 cd "$(dirname "$(readlink -f "$0")")/.."
 PEER=$(readlink -f "$1"); CRA=$(readlink -f "${2:-target/release/cra}")
 PEER_VENV=${PEER_VENV:-$PEER/.venv}

@@ -8,6 +8,9 @@
 #   scripts/bench-reload.sh [CRA_BIN]       results go to results/reload-<UTC time>/
 # env: DURATION (20s), CONCURRENCY (64), CONNECTIONS (2), RELOADS (10), PORT (50591)
 set -euo pipefail
+# Servers started here listen for HTTP on any free port (not the default 8080), so that they
+# never collide with each other or with a server already running.
+export CRA_HTTP_LISTEN=${CRA_HTTP_LISTEN:-127.0.0.1:0}
 cd "$(dirname "$(readlink -f "$0")")/.."
 BIN=$(readlink -f "${1:-target/release/cra}")
 DURATION=${DURATION:-20s}

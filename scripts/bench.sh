@@ -10,6 +10,9 @@
 #   scripts/bench.sh [PEER_DIR]          results go to results/bench-<UTC time>/
 # env: DURATION (10s per run), PORT (50571), DATABASE_URL server (postgres://postgres@127.0.0.1:5432)
 set -euo pipefail
+# Servers started here listen for HTTP on any free port (not the default 8080), so that they
+# never collide with each other or with a server already running.
+export CRA_HTTP_LISTEN=${CRA_HTTP_LISTEN:-127.0.0.1:0}
 cd "$(dirname "$(readlink -f "$0")")/.."
 PEER_DIR=${1:-}
 DURATION=${DURATION:-10s}

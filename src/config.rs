@@ -143,6 +143,11 @@ pub struct ServeConfig {
     /// Address to listen on (use port 0 for any free port).
     #[arg(long, env = "CRA_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: std::net::SocketAddr,
+    /// Address of the HTTP server: the original REST API (/predict, /predict/batch, /health,
+    /// /openapi.json) and the Open Inference Protocol's /v2 routes (use port 0 for any free
+    /// port).
+    #[arg(long, env = "CRA_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: std::net::SocketAddr,
     /// Model bundle directory written by `cra train`: served as the only model (the champion).
     #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
     pub model: PathBuf,
@@ -232,6 +237,7 @@ impl ServeConfig {
             .map(|d| d.serve)
             .expect("every ServeConfig flag has a default");
         cfg.listen = listen;
+        cfg.http_listen = std::net::SocketAddr::new(listen.ip(), 0);
         cfg.decision_log.audit = DecisionLogMode::Off;
         cfg
     }

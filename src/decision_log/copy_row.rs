@@ -393,7 +393,7 @@ pub fn encode_view(r: &srv::DecisionRecord<'_>, out: &mut Vec<u8>) {
         }
         Some(v) => {
             w.text("invalid");
-            w.violations(v.iter().map(|x| (x.field, x.description.as_str())));
+            w.violations(v.iter().map(|x| (x.field.as_ref(), x.description.as_str())));
         }
     }
     w.text(r.role.as_str());
@@ -604,6 +604,8 @@ pub fn decode(buf: &[u8]) -> Result<DecisionRow, DecodeError> {
         "unary" => Rpc::Unary,
         "stream" => Rpc::Stream,
         "offline" => Rpc::Offline,
+        "rest" => Rpc::Rest,
+        "v2" => Rpc::V2,
         _ => return Err(DecodeError::Invalid("rpc")),
     };
     let stream_id = r.opt_uuid()?;

@@ -127,6 +127,8 @@ mod tests {
             srv::Rpc::Unary => Rpc::Unary,
             srv::Rpc::Stream { .. } => Rpc::Stream,
             srv::Rpc::Offline { .. } => Rpc::Offline,
+            srv::Rpc::Rest { .. } => Rpc::Rest,
+            srv::Rpc::V2 { .. } => Rpc::V2,
         };
         let (stream_id, stream_position) = match r.rpc.stream() {
             Some((id, p)) => (Some(id), Some(i64::try_from(p).unwrap_or(i64::MAX))),
@@ -153,7 +155,7 @@ mod tests {
                 violations
                     .iter()
                     .map(|v| Violation {
-                        field: v.field.to_owned(),
+                        field: v.field.to_string(),
                         description: v.description.clone(),
                     })
                     .collect(),
@@ -210,11 +212,11 @@ mod tests {
         };
         let violations = vec![
             FieldViolation {
-                field: "income",
+                field: "income".into(),
                 description: "must be finite".into(),
             },
             FieldViolation {
-                field: "loan_purpose",
+                field: "loan_purpose".into(),
                 description: "unknown value 42 \"quoted\"".into(),
             },
         ];

@@ -14,6 +14,10 @@ pub enum Rpc {
     Stream,
     /// One row of a file scored by `cra score`.
     Offline,
+    /// REST `/predict` or an item of `/predict/batch`.
+    Rest,
+    /// A row of an Open Inference Protocol `ModelInfer` call.
+    V2,
 }
 
 impl Rpc {
@@ -23,6 +27,8 @@ impl Rpc {
             Rpc::Unary => "unary",
             Rpc::Stream => "stream",
             Rpc::Offline => "offline",
+            Rpc::Rest => "rest",
+            Rpc::V2 => "v2",
         }
     }
 }
@@ -259,7 +265,7 @@ pub(crate) mod codec {
             Rpc::Unary => 0,
             Rpc::Stream => 1,
             // Never written: this codec is read only, for spools of older builds.
-            Rpc::Offline => 2,
+            Rpc::Offline | Rpc::Rest | Rpc::V2 => 2,
         });
         w.opt(&r.stream_id, |w, v| w.uuid(v));
         w.opt(&r.stream_position, |w, v| w.i64(*v));

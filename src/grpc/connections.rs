@@ -78,6 +78,16 @@ pub struct Counted<IO> {
     _permit: OwnedSemaphorePermit,
 }
 
+impl<IO> Counted<IO> {
+    /// `io`, holding `permit` until it is dropped.
+    pub fn new(io: IO, permit: OwnedSemaphorePermit) -> Self {
+        Counted {
+            io,
+            _permit: permit,
+        }
+    }
+}
+
 impl<IO: Connected> Connected for Counted<IO> {
     type ConnectInfo = IO::ConnectInfo;
 

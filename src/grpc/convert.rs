@@ -22,6 +22,7 @@ use crate::scoring::{registry::ReloadStatus, ModelSet, Role, ShadowStats};
 pub fn input_from_pb(a: pb::CreditApplication) -> ApplicationInput {
     let opt_int = |v: Option<i32>| v.map(f64::from);
     ApplicationInput {
+        decode_errors: Vec::new(),
         application_id: a.application_id,
         age: Some(f64::from(a.age)),
         income: Some(a.income),
@@ -228,7 +229,7 @@ pub fn model_info_response(
 pub fn violations_to_pb(v: &[FieldViolation]) -> Vec<pb::FieldViolation> {
     v.iter()
         .map(|v| pb::FieldViolation {
-            field: v.field.to_owned(),
+            field: v.field.to_string(),
             description: v.description.clone(),
         })
         .collect()
@@ -344,7 +345,11 @@ mod tests {
             employment_status: 99,
             ..Default::default()
         };
-        let fields: Vec<_> = validate(&a).unwrap_err().iter().map(|v| v.field).collect();
+        let fields: Vec<_> = validate(&a)
+            .unwrap_err()
+            .iter()
+            .map(|v| v.field.to_string())
+            .collect();
         assert_eq!(
             fields,
             [

@@ -1,5 +1,6 @@
-//! The gRPC adapter: `creditrisk.v1.CreditRiskService`, `grpc.health.v1` and server
-//! reflection (v1 and v1alpha) on one port, over the scoring core.
+//! The gRPC adapter: `creditrisk.v1.CreditRiskService`, the Open Inference Protocol's
+//! `inference.GRPCInferenceService` ([`inference`]), `grpc.health.v1` and server reflection
+//! (v1 and v1alpha) on one port, over the scoring core.
 //!
 //! [`GrpcServer::bind`] checks the limits and binds the port; [`GrpcServer::run_until`] serves
 //! until a signal, then drains: readiness flips to NOT_SERVING first, the server stops
@@ -14,6 +15,7 @@
 pub mod connections;
 pub mod convert;
 pub mod health;
+pub mod inference;
 pub mod limits;
 pub mod metrics;
 pub mod pb;
@@ -34,8 +36,11 @@ pub use service::{CreditRisk, GrpcState, REQUEST_ID_HEADER};
 pub use shutdown::shutdown_signal;
 pub use status::ServeError;
 
-use crate::{config::ServeConfig, readiness::Readiness, scoring::Scorer};
-use pb::{credit_risk_service_server::CreditRiskServiceServer, FILE_DESCRIPTOR_SET};
+use crate::{admission::Admission, config::ServeConfig, readiness::Readiness, scoring::Scorer};
+use pb::{
+    credit_risk_service_server::CreditRiskServiceServer,
+    inference::grpc_inference_service_server::GrpcInferenceServiceServer, FILE_DESCRIPTOR_SET,
+};
 
 /// Start-up and serving failures of the gRPC adapter, each saying what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +70,12 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     /// Checks the limits of `cfg`, takes `listener` (from [`bind_listener`]), and builds the
-    /// services over `scorer`; health follows `readiness`.
+    /// services over `scorer`, admitting calls through `admission`; health follows `readiness`.
     pub async fn bind(
         cfg: ServeConfig,
         listener: tokio::net::TcpListener,
         scorer: Arc<Scorer>,
+        admission: Arc<Admission>,
         readiness: Readiness,
     ) -> Result<GrpcServer, ServerError> {
         let checked = check_limits(&cfg)?;
@@ -85,9 +91,9 @@ impl GrpcServer {
         health::follow(&readiness, reporter).await;
         let state = Arc::new(GrpcState::new(
             &cfg,
-            checked.max_streams,
+            admission,
             worker_threads(cfg.worker_threads),
-            scorer,
+            scorer.clone(),
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -122,7 +128,16 @@ impl GrpcServer {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(scoring);
+            .add_service(scoring)
+            .add_service(
+                GrpcInferenceServiceServer::new(inference::Inference::new(
+                    state.clone(),
+                    readiness.clone(),
+                    limits.batch_items,
+                ))
+                .max_decoding_message_size(limits.batch_message_bytes)
+                .max_encoding_message_size(batch_response_limit(limits.batch_items)),
+            );
         tracing::info!(%local_addr, "gRPC listening");
         Ok(GrpcServer {
             local_addr,

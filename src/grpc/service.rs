@@ -17,7 +17,7 @@ use std::{
 };
 
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tonic::{metadata::MetadataMap, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -30,6 +30,7 @@ use super::{
     status::{invalid_item_error, GrpcError, ServeError},
 };
 use crate::{
+    admission::Admission,
     config::ServeConfig,
     scoring::{CallContext, Item, ModelSet, Rpc, Scorer},
 };
@@ -41,17 +42,12 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Answered rounds of one stream waiting for a slow reader before the server stops reading.
 const STREAM_RESPONSE_QUEUE: usize = 2;
 
-/// What every call shares: the scoring core, the concurrency limits and the metrics.
+/// What every call shares: the scoring core, the concurrency limit and the metrics.
 #[derive(Debug)]
 pub struct GrpcState {
     pub(crate) scorer: Arc<Scorer>,
-    /// One permit per call in flight, unary or stream.
-    pub(crate) limiter: Arc<Semaphore>,
-    pub(crate) max_concurrent: usize,
-    /// One permit per stream, taken on top of a call permit: fewer than `max_concurrent`, so
-    /// open streams always leave slots to unary calls.
-    pub(crate) stream_limiter: Arc<Semaphore>,
-    pub(crate) max_streams: usize,
+    /// The process's one concurrency limit, shared with the HTTP adapter.
+    pub(crate) admission: Arc<Admission>,
     /// A stream that sends no message or reads no answer for this long is ended.
     pub(crate) stream_idle_timeout: Duration,
     /// Most applications of a stream round.
@@ -64,21 +60,17 @@ pub struct GrpcState {
 }
 
 impl GrpcState {
-    /// The state of a server configured by `cfg`, with `max_streams` stream slots (see
-    /// `GrpcServer::bind`, which checks the limits).
+    /// The state of a server configured by `cfg` (see `GrpcServer::bind`, which checks the
+    /// limits), admitting calls through `admission`.
     pub(crate) fn new(
         cfg: &ServeConfig,
-        max_streams: usize,
+        admission: Arc<Admission>,
         cpus: usize,
         scorer: Arc<Scorer>,
     ) -> Self {
-        let max_concurrent = cfg.max_concurrent_requests.max(1);
         GrpcState {
             scorer,
-            limiter: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
-            stream_limiter: Arc::new(Semaphore::new(max_streams)),
-            max_streams,
+            admission,
             stream_idle_timeout: cfg.stream_idle_timeout,
             batch_chunk: cfg.batch_chunk.max(1),
             cpus,
@@ -89,28 +81,12 @@ impl GrpcState {
 
     /// Takes a call permit or refuses at once.
     fn admit(&self) -> Result<OwnedSemaphorePermit, ServeError> {
-        self.limiter
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServeError::Overloaded {
-                limit: self.max_concurrent,
-                what: "calls",
-                flag: "max-concurrent-requests",
-            })
+        self.admission.admit()
     }
 
     /// Takes a stream permit and a call permit, or refuses at once.
     fn admit_stream(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ServeError> {
-        let stream = self
-            .stream_limiter
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServeError::Overloaded {
-                limit: self.max_streams,
-                what: "streams",
-                flag: "max-concurrent-streams",
-            })?;
-        Ok((stream, self.admit()?))
+        self.admission.admit_stream()
     }
 }
 
@@ -127,7 +103,7 @@ impl CreditRisk {
 }
 
 /// The caller's request id when it is usable as one, else a new UUID v7.
-fn request_id(md: &MetadataMap) -> String {
+pub(crate) fn request_id(md: &MetadataMap) -> String {
     md.get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty() && s.len() <= MAX_REQUEST_ID_LEN)
@@ -154,7 +130,7 @@ pub fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
     })
 }
 
-fn set_request_id<T>(resp: &mut Response<T>, request_id: &str) {
+pub(crate) fn set_request_id<T>(resp: &mut Response<T>, request_id: &str) {
     if let Ok(v) = request_id.parse() {
         resp.metadata_mut().insert(REQUEST_ID_HEADER, v);
     }

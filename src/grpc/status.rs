@@ -19,9 +19,9 @@ impl GrpcError for ServeError {
     /// The gRPC code of this error.
     fn code(&self) -> Code {
         match self {
-            ServeError::InvalidArgument(_) | ServeError::TooManyItems { .. } => {
-                Code::InvalidArgument
-            }
+            ServeError::InvalidArgument(_)
+            | ServeError::InvalidItems(_)
+            | ServeError::TooManyItems { .. } => Code::InvalidArgument,
             ServeError::Overloaded { .. }
             | ServeError::MessageTooLarge { .. }
             | ServeError::BufferBudget { .. } => Code::ResourceExhausted,
@@ -39,6 +39,9 @@ impl GrpcError for ServeError {
             message: truncated(self.to_string(), MAX_ITEM_MESSAGE_BYTES),
             field_violations: match self {
                 ServeError::InvalidArgument(v) => violations_to_pb(v),
+                ServeError::InvalidItems(_) => {
+                    violations_to_pb(&self.violations_with_paths(row_path))
+                }
                 _ => Vec::new(),
             },
         }
@@ -61,6 +64,12 @@ fn truncated(mut s: String, max: usize) -> String {
     s
 }
 
+/// How a gRPC error names the field of a batch row (Open Inference Protocol): `age[3]` is
+/// `age` of the row at position 3 along the batch dimension.
+pub fn row_path(row: usize, field: &str) -> String {
+    format!("{field}[{row}]")
+}
+
 /// The inline error of a stream item that failed validation.
 pub fn invalid_item_error(v: &[FieldViolation]) -> pb::ItemError {
     pb::ItemError {
@@ -74,10 +83,10 @@ impl From<ServeError> for Status {
     fn from(e: ServeError) -> Status {
         let code = e.code();
         let message = e.to_string();
-        match e {
-            ServeError::InvalidArgument(violations) => {
+        match &e {
+            ServeError::InvalidArgument(_) | ServeError::InvalidItems(_) => {
                 let details = ErrorDetails::with_bad_request(
-                    violations
+                    e.violations_with_paths(row_path)
                         .into_iter()
                         .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
@@ -87,7 +96,7 @@ impl From<ServeError> for Status {
             ServeError::TooManyItems { limit } => {
                 let details = ErrorDetails::with_bad_request_violation(
                     "applications",
-                    format!("at most {limit} applications per ScoreBatch request message"),
+                    format!("at most {limit} applications per request message"),
                 );
                 Status::with_error_details(code, message, details)
             }
@@ -115,7 +124,7 @@ mod tests {
             .field_violations
             .into_iter()
             .map(|v| v.field)
-            .collect();
+            .collect::<Vec<String>>();
         assert_eq!(fields, ["age", "income"]);
     }
 

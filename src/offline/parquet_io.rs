@@ -1437,6 +1437,7 @@ mod tests {
     fn expected_mixed() -> Vec<ApplicationInput> {
         vec![
             ApplicationInput {
+                decode_errors: Vec::new(),
                 application_id: "1001".into(),
                 age: Some(35.0),
                 income: Some(52000.5),
@@ -1457,6 +1458,7 @@ mod tests {
                 loan_purpose: name("auto"),
             },
             ApplicationInput {
+                decode_errors: Vec::new(),
                 application_id: "-7".into(),
                 age: None,
                 income: Some(100000.0),
@@ -1477,6 +1479,7 @@ mod tests {
                 loan_purpose: name("medical"),
             },
             ApplicationInput {
+                decode_errors: Vec::new(),
                 application_id: String::new(),
                 age: Some(70.0),
                 income: None,
@@ -1497,6 +1500,7 @@ mod tests {
                 loan_purpose: Category::Absent,
             },
             ApplicationInput {
+                decode_errors: Vec::new(),
                 application_id: i64::MAX.to_string(),
                 age: Some(18.0),
                 income: Some(f64::NAN),
@@ -1517,6 +1521,7 @@ mod tests {
                 loan_purpose: name("yacht"),
             },
             ApplicationInput {
+                decode_errors: Vec::new(),
                 application_id: "0".into(),
                 age: Some(44.0),
                 income: Some(30000.0),

@@ -12,6 +12,10 @@ pub enum ScoreError {
     /// The client sent an invalid request; every bad field is listed.
     #[error("invalid request: {}", summary(.0))]
     InvalidArgument(Vec<FieldViolation>),
+    /// A batch answered all or nothing (REST `/predict/batch`, `ModelInfer`) had invalid
+    /// items: each one's position and every bad field of it. No item was decided.
+    #[error("invalid request: {} of the batch's items are invalid: {}", .0.len(), items_summary(.0))]
+    InvalidItems(Vec<(usize, Vec<FieldViolation>)>),
     /// Too many calls (or streams) in flight; the client should back off and retry.
     #[error(
         "the server is at its limit of {limit} concurrent {what} (--{flag}); retry with backoff"
@@ -33,9 +37,9 @@ pub enum ScoreError {
     /// would hold more bytes than the server's budget; refused before this one is read.
     #[error("the server is receiving {limit} bytes of ScoreBatch messages at once, its limit (--max-buffered-message-bytes); retry later, or send smaller messages")]
     BufferBudget { limit: usize },
-    /// A ScoreBatch request message with more applications than the cap; refused before any
-    /// of them is decoded.
-    #[error("a ScoreBatch request message may hold at most {limit} applications (--max-batch-items); this one holds more: split it into several messages")]
+    /// A ScoreBatch request message (or a REST batch, or a `ModelInfer` call) with more
+    /// applications than the cap; refused before any of them is decoded.
+    #[error("a request may hold at most {limit} applications (--max-batch-items); this one holds more: split it into several")]
     TooManyItems { limit: usize },
     /// A stream sent no message, or read no answer, for the idle timeout.
     #[error("the stream was idle for {0:?} (no message sent or no answer read; --stream-idle-timeout) and was closed; open a new stream when there is work")]
@@ -53,11 +57,46 @@ pub enum ScoreError {
 }
 
 pub fn summary(v: &[FieldViolation]) -> String {
-    let fields: Vec<&str> = v.iter().map(|v| v.field).collect();
+    let fields: Vec<&str> = v.iter().map(|v| v.field.as_ref()).collect();
     format!("{} invalid field(s): {}", v.len(), fields.join(", "))
 }
 
+/// The first few invalid items of a batch, for a message of bounded length.
+fn items_summary(items: &[(usize, Vec<FieldViolation>)]) -> String {
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = items
+        .iter()
+        .take(SHOWN)
+        .map(|(i, v)| format!("item {i}: {}", summary(v)))
+        .collect();
+    if items.len() > SHOWN {
+        parts.push(format!("and {} more", items.len() - SHOWN));
+    }
+    parts.join("; ")
+}
+
 impl ScoreError {
+    /// Every violation of an [`ScoreError::InvalidItems`] (or [`ScoreError::InvalidArgument`])
+    /// with its field made a path by `path(position, field)`: how a transport names the item
+    /// (`applications[3].age`, `age[3]`).
+    pub fn violations_with_paths(
+        &self,
+        path: impl Fn(usize, &str) -> String,
+    ) -> Vec<FieldViolation> {
+        match self {
+            ScoreError::InvalidArgument(v) => v.clone(),
+            ScoreError::InvalidItems(items) => items
+                .iter()
+                .flat_map(|(i, v)| {
+                    v.iter()
+                        .map(|v| FieldViolation::new(path(*i, &v.field), v.description.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The violation of a request without an application.
     pub fn missing_application_violations() -> Vec<FieldViolation> {
         vec![FieldViolation::new(

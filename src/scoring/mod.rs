@@ -332,6 +332,63 @@ impl Scorer {
         Ok(items)
     }
 
+    /// The decision records of the items at `positions` of a batch decided on `set`
+    /// (`ids[k]` is the decision id of `positions[k]`).
+    #[allow(clippy::too_many_arguments)]
+    fn records<'a>(
+        &self,
+        ctx: &CallContext<'a>,
+        set: &'a ModelSet,
+        inputs: &'a [ApplicationInput],
+        items: &'a [Item],
+        positions: impl Iterator<Item = usize>,
+        ids: &[Uuid],
+        decided_at: SystemTime,
+        latency: Duration,
+    ) -> Vec<DecisionRecord<'a>> {
+        positions
+            .zip(ids)
+            .map(|(i, id)| {
+                let input = &inputs[i];
+                let (member, outcome, explanation) = match &items[i] {
+                    Item::Scored {
+                        member,
+                        application,
+                        decision,
+                        explanation,
+                    } => (
+                        *member,
+                        Outcome::Scored {
+                            application,
+                            decision,
+                        },
+                        explanation.as_deref(),
+                    ),
+                    Item::Invalid(violations) => (
+                        set.route(&input.application_id),
+                        Outcome::Invalid { violations },
+                        None,
+                    ),
+                };
+                DecisionRecord {
+                    decision_id: *id,
+                    request_id: ctx.request_id,
+                    rpc: ctx.rpc.advanced(i as u64),
+                    peer: ctx.peer,
+                    received_at: ctx.received_at,
+                    decided_at,
+                    latency,
+                    model: &set.live[member].bundle,
+                    role: set.live[member].role,
+                    shadow_of: None,
+                    input: Some(input),
+                    outcome,
+                    explanation,
+                }
+            })
+            .collect()
+    }
+
     /// Records the decisions of a batch decided on `set` (all or none), then hands the scored
     /// ones to the shadows. Returns the decision id of each item, in order. `ctx.rpc` is the
     /// position of the first item.
@@ -346,49 +403,16 @@ impl Scorer {
     ) -> Result<Vec<Uuid>, ScoreError> {
         let ids: Vec<Uuid> = items.iter().map(|_| self.decision_id()).collect();
         if let Some(recorder) = &self.recorder {
-            let records: Vec<DecisionRecord<'_>> = inputs
-                .iter()
-                .zip(items)
-                .zip(&ids)
-                .enumerate()
-                .map(|(i, ((input, item), id))| {
-                    let (member, outcome, explanation) = match item {
-                        Item::Scored {
-                            member,
-                            application,
-                            decision,
-                            explanation,
-                        } => (
-                            *member,
-                            Outcome::Scored {
-                                application,
-                                decision,
-                            },
-                            explanation.as_deref(),
-                        ),
-                        Item::Invalid(violations) => (
-                            set.route(&input.application_id),
-                            Outcome::Invalid { violations },
-                            None,
-                        ),
-                    };
-                    DecisionRecord {
-                        decision_id: *id,
-                        request_id: ctx.request_id,
-                        rpc: ctx.rpc.advanced(i as u64),
-                        peer: ctx.peer,
-                        received_at: ctx.received_at,
-                        decided_at,
-                        latency,
-                        model: &set.live[member].bundle,
-                        role: set.live[member].role,
-                        shadow_of: None,
-                        input: Some(input),
-                        outcome,
-                        explanation,
-                    }
-                })
-                .collect();
+            let records = self.records(
+                ctx,
+                set,
+                inputs,
+                items,
+                0..items.len(),
+                &ids,
+                decided_at,
+                latency,
+            );
             recorder.record_chunk(&records)?;
         }
         if !set.shadows.is_empty() {
@@ -408,4 +432,76 @@ impl Scorer {
         }
         Ok(ids)
     }
+
+    /// Scores a batch all or nothing, as the REST `/predict/batch` and the Open Inference
+    /// Protocol's `ModelInfer` answer: when any item is invalid, none is decided, only the
+    /// invalid ones are recorded (as rejected, at their positions), and the error lists every
+    /// bad field of every bad item. Otherwise every item is decided, explained as
+    /// [`Scorer::decide`] says, recorded, and answered in input order.
+    pub fn score_all(
+        &self,
+        ctx: &CallContext<'_>,
+        set: Arc<ModelSet>,
+        inputs: &[ApplicationInput],
+        asked: &[bool],
+    ) -> Result<BatchAnswer, ScoreError> {
+        ctx.check_deadline()?;
+        let items = self.decide(&set, inputs, asked)?;
+        let invalid: Vec<usize> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| matches!(item, Item::Invalid(_)))
+            .map(|(i, _)| i)
+            .collect();
+        if !invalid.is_empty() {
+            if let Some(recorder) = &self.recorder {
+                let ids: Vec<Uuid> = invalid.iter().map(|_| self.decision_id()).collect();
+                let records = self.records(
+                    ctx,
+                    &set,
+                    inputs,
+                    &items,
+                    invalid.iter().copied(),
+                    &ids,
+                    SystemTime::now(),
+                    ctx.started.elapsed(),
+                );
+                recorder.record_chunk(&records)?;
+            }
+            return Err(ScoreError::InvalidItems(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| match item {
+                        Item::Invalid(v) => Some((i, v)),
+                        Item::Scored { .. } => None,
+                    })
+                    .collect(),
+            ));
+        }
+        // The last deadline check: once recorded, the decisions are answered.
+        ctx.check_deadline()?;
+        let decision_ids = self.record_batch(
+            ctx,
+            &set,
+            inputs,
+            &items,
+            SystemTime::now(),
+            ctx.started.elapsed(),
+        )?;
+        Ok(BatchAnswer {
+            set,
+            items,
+            decision_ids,
+        })
+    }
+}
+
+/// A batch scored by [`Scorer::score_all`]: every item is [`Item::Scored`].
+#[derive(Debug)]
+pub struct BatchAnswer {
+    pub set: Arc<ModelSet>,
+    pub items: Vec<Item>,
+    /// The decision id of each item (nil UUIDs when the decision log is off).
+    pub decision_ids: Vec<Uuid>,
 }

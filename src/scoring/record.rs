@@ -23,6 +23,12 @@ pub enum Rpc {
     /// A row of a file scored by `cra score`, at `position` (the zero-based row number); the
     /// run is the "stream".
     Offline { run_id: Uuid, position: u64 },
+    /// REST `POST /predict` (`batch: None`), or the item at a position of a
+    /// `POST /predict/batch` call (the call is the "stream").
+    Rest { batch: Option<(Uuid, u64)> },
+    /// A row of an Open Inference Protocol `ModelInfer` call (gRPC or HTTP), at `position`
+    /// along the batch dimension; the call is the "stream".
+    V2 { call_id: Uuid, position: u64 },
 }
 
 impl Rpc {
@@ -32,6 +38,8 @@ impl Rpc {
             Rpc::Unary => "unary",
             Rpc::Stream { .. } => "stream",
             Rpc::Offline { .. } => "offline",
+            Rpc::Rest { .. } => "rest",
+            Rpc::V2 { .. } => "v2",
         }
     }
 
@@ -45,6 +53,8 @@ impl Rpc {
                 position,
             } => Some((stream_id, position)),
             Rpc::Offline { run_id, position } => Some((run_id, position)),
+            Rpc::Rest { batch } => batch,
+            Rpc::V2 { call_id, position } => Some((call_id, position)),
         }
     }
 
@@ -61,6 +71,13 @@ impl Rpc {
             },
             Rpc::Offline { run_id, position } => Rpc::Offline {
                 run_id,
+                position: position + n,
+            },
+            Rpc::Rest { batch } => Rpc::Rest {
+                batch: batch.map(|(id, position)| (id, position + n)),
+            },
+            Rpc::V2 { call_id, position } => Rpc::V2 {
+                call_id,
                 position: position + n,
             },
         }

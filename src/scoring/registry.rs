@@ -135,7 +135,7 @@ struct EntrySpec {
 }
 
 /// One model of a set.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Member {
     pub bundle: Arc<ModelBundle>,
     pub role: Role,
@@ -225,6 +225,21 @@ impl ModelSet {
     /// Every member, live first, with its index in that order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.live.iter().chain(&self.shadows)
+    }
+
+    /// The member whose bundle has this version, live or shadow.
+    pub fn by_version(&self, version: &str) -> Option<&Member> {
+        self.members().find(|m| m.bundle.version() == version)
+    }
+
+    /// A set in which the bundle of `version` decides alone, for a client that addresses
+    /// that model by its version: no routing and no shadows. Its decisions keep the role the
+    /// model has in this set. `None` when no loaded bundle has that version.
+    pub fn pinned(&self, version: &str) -> Option<ModelSet> {
+        let member = self.by_version(version)?.clone();
+        let mut set = ModelSet::new(vec![member], Vec::new(), self.generation);
+        set.loaded_at = self.loaded_at;
+        Some(set)
     }
 }
 

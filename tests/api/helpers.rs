@@ -51,6 +51,11 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The URL of `path` on the HTTP server (REST and /v2).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.handle.http_addr())
+    }
+
     pub fn health(&self) -> HealthClient<Channel> {
         HealthClient::new(self.channel.clone())
     }

@@ -9,6 +9,8 @@ mod health;
 mod helpers;
 mod reflection;
 mod registry;
+mod rest;
 mod robustness;
 mod score;
+mod v2;
 mod validation;

@@ -532,7 +532,14 @@ async fn peak_memory_stays_bounded_under_oversized_messages() {
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_cra"))
-            .args(["serve", "--audit", "off", "--listen"])
+            .args([
+                "serve",
+                "--audit",
+                "off",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--model")
             .arg(&model)

@@ -37,20 +37,96 @@ pub const MAX_APPLICATION_ID_BYTES: usize = 256;
 /// Longest unknown category spelling kept in a violation or the decision log, in bytes.
 const MAX_ECHOED_NAME_BYTES: usize = 64;
 
+/// The field of a decode error that concerns the application as a whole (it is not an object,
+/// say): validation then reports the decode errors alone.
+pub const WHOLE_APPLICATION: &str = "application";
+
+/// A numeric field of the contract and what validation accepts: the one table behind
+/// [`ApplicationInput::validate`], the REST API's OpenAPI document and the Open Inference
+/// Protocol's model metadata.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberField {
+    pub name: &'static str,
+    /// A whole number (stored as `f64`, like every number).
+    pub integer: bool,
+    /// Absent is a violation; an optional field absent is "missing" (a credit-bureau field of
+    /// an applicant without a bureau file).
+    pub required: bool,
+    pub min: f64,
+    /// `min` itself is refused ("greater than").
+    pub min_exclusive: bool,
+    pub max: f64,
+}
+
+const fn number(
+    name: &'static str,
+    integer: bool,
+    required: bool,
+    min: f64,
+    min_exclusive: bool,
+    max: f64,
+) -> NumberField {
+    NumberField {
+        name,
+        integer,
+        required,
+        min,
+        min_exclusive,
+        max,
+    }
+}
+
+/// The 14 numeric fields, in contract order (the order of [`ApplicationInput::numbers`]).
+pub const NUMBER_FIELDS: [NumberField; 14] = [
+    number("age", true, true, 18.0, false, 120.0),
+    number("income", false, true, 0.0, true, 1e9),
+    number("employment_length", false, true, 0.0, false, 80.0),
+    number("credit_score", true, false, 300.0, false, 850.0),
+    number("num_credit_lines", true, false, 0.0, false, 1000.0),
+    number("credit_utilization", false, false, 0.0, false, 10.0),
+    number("debt_to_income", false, true, 0.0, false, 100.0),
+    number("total_debt", false, true, 0.0, false, 1e10),
+    number("savings", false, true, 0.0, false, 1e10),
+    number("loan_amount", false, true, 0.0, true, 1e9),
+    number("loan_term", true, true, 1.0, false, 480.0),
+    number("num_late_payments", true, false, 0.0, false, 1000.0),
+    number("num_bankruptcies", true, false, 0.0, false, 100.0),
+    number("inquiries_last_6m", true, false, 0.0, false, 1000.0),
+];
+
+/// The three categorical fields, in contract order, and their accepted spellings.
+pub fn category_fields() -> [(&'static str, Vec<&'static str>); 3] {
+    [
+        ("employment_status", EmploymentStatus::names()),
+        ("home_ownership", HomeOwnership::names()),
+        ("loan_purpose", LoanPurpose::names()),
+    ]
+}
+
 /// One invalid field of a request, as in `google.rpc.BadRequest.FieldViolation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
-    /// Field name as in the contract, e.g. "credit_score".
-    pub field: &'static str,
+    /// Field name as in the contract, e.g. "credit_score"; a transport may make it a path
+    /// ("applications[3].age") or name a field the contract does not have.
+    pub field: Cow<'static, str>,
     /// What is wrong and what is accepted.
     pub description: String,
 }
 
 impl FieldViolation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<Cow<'static, str>>, description: impl Into<String>) -> Self {
         FieldViolation {
-            field,
+            field: field.into(),
             description: description.into(),
+        }
+    }
+
+    /// The same violation with its field inside `prefix` (`applications[3]` + `age` →
+    /// `applications[3].age`).
+    pub fn within(self, prefix: &str) -> FieldViolation {
+        FieldViolation {
+            field: Cow::Owned(format!("{prefix}.{}", self.field)),
+            description: self.description,
         }
     }
 }
@@ -135,6 +211,10 @@ category_value!(LoanPurpose);
 /// contract integer is exact in an `f64`); `None` is an absent field.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApplicationInput {
+    /// What the transport could not read into the fields below (a string where a number
+    /// belongs, a field the contract does not have): reported by [`Self::validate`] first, in
+    /// place of what it would say of the fields they name. Empty for typed transports.
+    pub decode_errors: Vec<FieldViolation>,
     pub application_id: String,
     pub age: Option<f64>,
     pub income: Option<f64>,
@@ -320,6 +400,57 @@ fn lower_bound(min: f64, exclusive: bool) -> String {
 }
 
 impl ApplicationInput {
+    /// The numeric fields as sent, in the order of [`NUMBER_FIELDS`].
+    pub fn numbers(&self) -> [Option<f64>; 14] {
+        [
+            self.age,
+            self.income,
+            self.employment_length,
+            self.credit_score,
+            self.num_credit_lines,
+            self.credit_utilization,
+            self.debt_to_income,
+            self.total_debt,
+            self.savings,
+            self.loan_amount,
+            self.loan_term,
+            self.num_late_payments,
+            self.num_bankruptcies,
+            self.inquiries_last_6m,
+        ]
+    }
+
+    /// The numeric field at position `i` of [`NUMBER_FIELDS`], to set it.
+    pub fn number_mut(&mut self, i: usize) -> Option<&mut Option<f64>> {
+        Some(match i {
+            0 => &mut self.age,
+            1 => &mut self.income,
+            2 => &mut self.employment_length,
+            3 => &mut self.credit_score,
+            4 => &mut self.num_credit_lines,
+            5 => &mut self.credit_utilization,
+            6 => &mut self.debt_to_income,
+            7 => &mut self.total_debt,
+            8 => &mut self.savings,
+            9 => &mut self.loan_amount,
+            10 => &mut self.loan_term,
+            11 => &mut self.num_late_payments,
+            12 => &mut self.num_bankruptcies,
+            13 => &mut self.inquiries_last_6m,
+            _ => return None,
+        })
+    }
+
+    /// The categorical field at position `i` of [`category_fields`], to set it.
+    pub fn category_mut(&mut self, i: usize) -> Option<&mut Category> {
+        Some(match i {
+            0 => &mut self.employment_status,
+            1 => &mut self.home_ownership,
+            2 => &mut self.loan_purpose,
+            _ => return None,
+        })
+    }
+
     /// Checks every field and returns the domain application, or all the violations found.
     pub fn validate(&self) -> Result<Application, Vec<FieldViolation>> {
         let a = self;
@@ -335,25 +466,45 @@ impl ApplicationInput {
                 ),
             ));
         }
+        let given = a.numbers();
+        let mut n = [f64::NAN; 14];
+        for ((f, v), out) in NUMBER_FIELDS.iter().zip(given).zip(&mut n) {
+            *out = match (f.integer, f.required) {
+                (true, true) => c.int(f.name, v, f.min as i32, f.max as i32),
+                (true, false) => c.opt_int(f.name, v, f.min as i32, f.max as i32),
+                (false, true) => c.real(f.name, v, f.min, f.min_exclusive, f.max),
+                (false, false) => c.opt_real(f.name, v, f.min, f.max),
+            };
+        }
         let app = Application {
-            age: c.int("age", a.age, 18, 120),
-            income: c.real("income", a.income, 0.0, true, 1e9),
-            employment_length: c.real("employment_length", a.employment_length, 0.0, false, 80.0),
-            credit_score: c.opt_int("credit_score", a.credit_score, 300, 850),
-            num_credit_lines: c.opt_int("num_credit_lines", a.num_credit_lines, 0, 1000),
-            credit_utilization: c.opt_real("credit_utilization", a.credit_utilization, 0.0, 10.0),
-            debt_to_income: c.real("debt_to_income", a.debt_to_income, 0.0, false, 100.0),
-            total_debt: c.real("total_debt", a.total_debt, 0.0, false, 1e10),
-            savings: c.real("savings", a.savings, 0.0, false, 1e10),
-            loan_amount: c.real("loan_amount", a.loan_amount, 0.0, true, 1e9),
-            loan_term: c.int("loan_term", a.loan_term, 1, 480),
-            num_late_payments: c.opt_int("num_late_payments", a.num_late_payments, 0, 1000),
-            num_bankruptcies: c.opt_int("num_bankruptcies", a.num_bankruptcies, 0, 100),
-            inquiries_last_6m: c.opt_int("inquiries_last_6m", a.inquiries_last_6m, 0, 1000),
+            age: n[0],
+            income: n[1],
+            employment_length: n[2],
+            credit_score: n[3],
+            num_credit_lines: n[4],
+            credit_utilization: n[5],
+            debt_to_income: n[6],
+            total_debt: n[7],
+            savings: n[8],
+            loan_amount: n[9],
+            loan_term: n[10],
+            num_late_payments: n[11],
+            num_bankruptcies: n[12],
+            inquiries_last_6m: n[13],
             employment_status: c.category("employment_status", &a.employment_status),
             home_ownership: c.category("home_ownership", &a.home_ownership),
             loan_purpose: c.category("loan_purpose", &a.loan_purpose),
         };
+        if a.decode_errors.iter().any(|d| d.field == WHOLE_APPLICATION) {
+            // Nothing of it could be read: what is wrong with each field says nothing more.
+            return Err(a.decode_errors.clone());
+        }
+        if !a.decode_errors.is_empty() {
+            let decoded = &a.decode_errors;
+            c.violations
+                .retain(|v| !decoded.iter().any(|d| d.field == v.field));
+            c.violations.splice(0..0, decoded.iter().cloned());
+        }
         if c.violations.is_empty() {
             Ok(app)
         } else {
@@ -366,6 +517,7 @@ impl ApplicationInput {
     pub fn from_application(a: &Application, application_id: impl Into<String>) -> Self {
         let opt = |v: f64| (!v.is_nan()).then_some(v);
         ApplicationInput {
+            decode_errors: Vec::new(),
             application_id: application_id.into(),
             age: Some(a.age),
             income: Some(a.income),
@@ -385,6 +537,80 @@ impl ApplicationInput {
             home_ownership: Category::of(a.home_ownership),
             loan_purpose: Category::of(a.loan_purpose),
         }
+    }
+}
+
+#[cfg(test)]
+mod field_table_tests {
+    use super::*;
+
+    fn valid() -> ApplicationInput {
+        ApplicationInput::from_application(&Application::example(), "t")
+    }
+
+    /// Every bound of the table is the bound validation applies: the bounds themselves are
+    /// accepted (an exclusive minimum refused), a step beyond each is refused, and an absent
+    /// field is refused exactly when the table says it is required.
+    #[test]
+    fn the_field_table_is_what_validation_accepts() {
+        for (i, f) in NUMBER_FIELDS.iter().enumerate() {
+            let step = if f.integer {
+                1.0
+            } else {
+                f.max.abs().max(1.0) * 1e-6
+            };
+            let with = |v: Option<f64>| {
+                let mut a = valid();
+                *a.number_mut(i).unwrap() = v;
+                a.validate()
+                    .err()
+                    .map(|v| v.iter().map(|v| v.field.to_string()).collect::<Vec<_>>())
+            };
+            assert_eq!(with(Some(f.max)), None, "{} at its max", f.name);
+            assert_eq!(
+                with(Some(f.max + step)),
+                Some(vec![f.name.to_string()]),
+                "{} over",
+                f.name
+            );
+            if f.min_exclusive {
+                assert!(
+                    with(Some(f.min)).is_some(),
+                    "{} at its exclusive min",
+                    f.name
+                );
+                assert_eq!(with(Some(f.min + step)), None, "{} above its min", f.name);
+            } else {
+                assert_eq!(with(Some(f.min)), None, "{} at its min", f.name);
+                assert!(with(Some(f.min - step)).is_some(), "{} under", f.name);
+            }
+            if f.integer {
+                assert!(with(Some(f.min + 0.5)).is_some(), "{} fractional", f.name);
+            }
+            assert_eq!(with(None).is_some(), f.required, "{} absent", f.name);
+        }
+        for (i, (name, values)) in category_fields().into_iter().enumerate() {
+            for v in &values {
+                let mut a = valid();
+                *a.category_mut(i).unwrap() = Category::Name((*v).to_string());
+                assert!(a.validate().is_ok(), "{name} = {v}");
+            }
+            let mut a = valid();
+            *a.category_mut(i).unwrap() = Category::Name("astronaut".into());
+            assert!(a.validate().is_err(), "{name} unknown");
+        }
+    }
+
+    #[test]
+    fn decode_errors_come_first_and_replace_what_validation_says_of_their_fields() {
+        let mut a = valid();
+        a.age = None;
+        a.decode_errors = vec![FieldViolation::new("age", "must be a number; got a string")];
+        a.income = Some(-1.0);
+        let v = a.validate().unwrap_err();
+        let fields: Vec<&str> = v.iter().map(|v| v.field.as_ref()).collect();
+        assert_eq!(fields, ["age", "income"]);
+        assert!(v[0].description.contains("got a string"));
     }
 }
 
@@ -433,6 +659,7 @@ mod tests {
     #[test]
     fn every_bad_field_is_reported() {
         let input = ApplicationInput {
+            decode_errors: Vec::new(),
             application_id: "x".repeat(300),
             age: Some(17.0),
             income: Some(f64::NAN),
@@ -445,7 +672,7 @@ mod tests {
             ..Default::default()
         };
         let v = input.validate().unwrap_err();
-        let fields: Vec<_> = v.iter().map(|v| v.field).collect();
+        let fields: Vec<_> = v.iter().map(|v| v.field.as_ref()).collect();
         for f in [
             "application_id",
             "age",

@@ -1,0 +1,78 @@
+//! Reading a request body: within the route's byte limit (413 beyond it, refused before it is
+//! read when Content-Length says so), and as JSON (415 when it is not).
+use axum::{
+    body::{Body, Bytes},
+    http::{header, HeaderMap},
+};
+
+use super::error::HttpError;
+use crate::scoring::ScoreError;
+
+/// The body of a request to `route`, at most `limit` bytes (`flag` names the setting).
+pub async fn read(
+    body: Body,
+    headers: &HeaderMap,
+    route: &'static str,
+    limit: usize,
+    flag: &'static str,
+) -> Result<Bytes, HttpError> {
+    let too_large = |bytes: usize| {
+        HttpError::Score(ScoreError::MessageTooLarge {
+            method: route,
+            bytes,
+            limit,
+            flag,
+        })
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        return Err(too_large(n));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // The only error with the body fully sent is its length; a client that went away
+        // reads nothing either way.
+        tracing::debug!("reading a {route} body: {e}");
+        too_large(declared.unwrap_or(limit.saturating_add(1)))
+    })
+}
+
+/// Refuses a body whose Content-Type says it is not JSON. A request without one is read as
+/// JSON, as clients of the original service may send it so.
+pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = v.to_str().unwrap_or("");
+    let media = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json" || media.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(HttpError::NotJson(format!(
+            "the body must be JSON (Content-Type: application/json); this one is {:?}",
+            truncate(text, 64)
+        )))
+    }
+}
+
+/// The body as a JSON value.
+pub fn json(bytes: &[u8]) -> Result<serde_json::Value, HttpError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| HttpError::NotJson(format!("the body is not valid JSON: {e}")))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
