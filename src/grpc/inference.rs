@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     readiness::Readiness,
-    scoring::{CallContext, Rpc},
+    scoring::{CallContext, Delivery, Rpc},
     v2::{self, tensor::element_count, Data, DataType, InputTensor, OutputTensor},
 };
 use cra_model::FieldViolation;
@@ -261,7 +261,9 @@ impl GrpcInferenceService for Inference {
             started,
             deadline: Some((started + timeout, timeout)),
         };
-        let answer = state.scorer.score_all(&ctx, set, &inputs, &[])?;
+        let answer = state
+            .scorer
+            .score_all(&ctx, set, &inputs, &[], Delivery::NoExplanations)?;
         let shape = v2::output_shape(first_shape.as_deref(), inputs.len());
         let mut out_tensors = Vec::with_capacity(outputs.len());
         let mut raw_out = Vec::new();

@@ -34,7 +34,7 @@ use super::{
     json_input::application_from_json,
     HttpState, PeerAddr,
 };
-use crate::scoring::{CallContext, FeatureValue, Item, Role, Rpc, ScoreError};
+use crate::scoring::{CallContext, Delivery, FeatureValue, Item, Role, Rpc, ScoreError};
 
 /// The header of the request id, read from the client and echoed (as on gRPC).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -410,7 +410,7 @@ async fn predict_many(
     let set = state.scorer.models();
     let answer = state
         .scorer
-        .score_all(&ctx, set, &inputs, &asked)
+        .score_all(&ctx, set, &inputs, &asked, Delivery::Explanations)
         .map_err(|e| match e {
             // The original's batch names each item by its index in `applications`.
             ScoreError::InvalidItems(_) => ScoreError::InvalidArgument(

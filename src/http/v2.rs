@@ -37,7 +37,7 @@ use super::{
     HttpState, PeerAddr,
 };
 use crate::{
-    scoring::{CallContext, Rpc, ScoreError},
+    scoring::{CallContext, Delivery, Rpc, ScoreError},
     v2::{self, tensor::element_count, Data, DataType, InputTensor},
 };
 use cra_model::FieldViolation;
@@ -472,7 +472,9 @@ async fn infer_inner(
         started,
         deadline: Some((started + state.request_timeout, state.request_timeout)),
     };
-    let answer = state.scorer.score_all(&ctx, set, &inputs, &[])?;
+    let answer = state
+        .scorer
+        .score_all(&ctx, set, &inputs, &[], Delivery::NoExplanations)?;
     let shape = v2::output_shape(first_shape.as_deref(), inputs.len());
     let mut out_json = Vec::with_capacity(outputs.len());
     let mut blob = Vec::new();

@@ -79,6 +79,14 @@ fn explainer_for(
     }
 }
 
+/// Whether an entry point's answers carry explanations (the REST API's reasons, gRPC's
+/// `explanation`) or not (the Open Inference Protocol's outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Explanations,
+    NoExplanations,
+}
+
 /// Who asked, and when: everything about a call that goes into its decision rows.
 #[derive(Debug, Clone, Copy)]
 pub struct CallContext<'a> {
@@ -280,6 +288,24 @@ impl Scorer {
         inputs: &[ApplicationInput],
         asked: &[bool],
     ) -> Result<Vec<Item>, ScoreError> {
+        self.decide_for(set, inputs, asked, Delivery::Explanations)
+    }
+
+    /// [`Scorer::decide`] for an answer that carries explanations or not: when it does not and
+    /// nothing is recorded, an explanation only the policy wanted would be seen by nobody, so
+    /// it is not computed.
+    fn decide_for(
+        &self,
+        set: &ModelSet,
+        inputs: &[ApplicationInput],
+        asked: &[bool],
+        delivery: Delivery,
+    ) -> Result<Vec<Item>, ScoreError> {
+        let policy = if delivery == Delivery::NoExplanations && self.recorder.is_none() {
+            ExplainPolicy::Never
+        } else {
+            self.explain
+        };
         let mut items: Vec<Item> = Vec::with_capacity(inputs.len());
         // Valid applications of each live model, with their item index.
         let mut groups: Vec<(Vec<usize>, Vec<Application>)> = (0..set.live.len())
@@ -313,7 +339,7 @@ impl Scorer {
             let mut scratch = None;
             for ((i, application), decision) in indices.into_iter().zip(apps).zip(decisions) {
                 let asked_here = asked.get(i).copied().unwrap_or(false);
-                let explanation = if self.explain.covers(asked_here, &decision) {
+                let explanation = if policy.covers(asked_here, &decision) {
                     explainer_for(bundle, asked_here)?.map(|explainer| {
                         let scratch = scratch.get_or_insert_with(|| explainer.scratch());
                         Box::new(explainer.explain(bundle.preprocessor(), &application, scratch))
@@ -444,9 +470,10 @@ impl Scorer {
         set: Arc<ModelSet>,
         inputs: &[ApplicationInput],
         asked: &[bool],
+        delivery: Delivery,
     ) -> Result<BatchAnswer, ScoreError> {
         ctx.check_deadline()?;
-        let items = self.decide(&set, inputs, asked)?;
+        let items = self.decide_for(&set, inputs, asked, delivery)?;
         let invalid: Vec<usize> = items
             .iter()
             .enumerate()
@@ -504,4 +531,60 @@ pub struct BatchAnswer {
     pub items: Vec<Item>,
     /// The decision id of each item (nil UUIDs when the decision log is off).
     pub decision_ids: Vec<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Discard;
+    impl DecisionRecorder for Discard {
+        fn record(&self, _: &DecisionRecord<'_>) -> Result<(), RecordError> {
+            Ok(())
+        }
+    }
+
+    fn scorer(recorder: Option<Arc<dyn DecisionRecorder>>) -> Scorer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        let registry = Registry::load(ModelSource::Bundle(dir)).expect("the default model loads");
+        Scorer::new(Arc::new(registry), recorder, 1024)
+    }
+
+    fn declined_inputs() -> Vec<ApplicationInput> {
+        let mut a = cra_model::Application::example();
+        a.credit_score = 400.0;
+        a.num_late_payments = 9.0;
+        a.debt_to_income = 3.0;
+        a.employment_status = Some(cra_model::EmploymentStatus::Unemployed);
+        vec![ApplicationInput::from_application(&a, "declined")]
+    }
+
+    fn explained(s: &Scorer, delivery: Delivery) -> bool {
+        let items = s
+            .decide_for(&s.models(), &declined_inputs(), &[], delivery)
+            .unwrap();
+        match &items[0] {
+            Item::Scored {
+                decision,
+                explanation,
+                ..
+            } => {
+                assert_eq!(decision.prediction, 1, "the application is declined");
+                explanation.is_some()
+            }
+            Item::Invalid(v) => panic!("{v:?}"),
+        }
+    }
+
+    /// A decline is explained when the answer shows it or the log records it, and only then.
+    #[test]
+    fn an_explanation_nobody_would_see_is_not_computed() {
+        let unlogged = scorer(None);
+        assert!(explained(&unlogged, Delivery::Explanations));
+        assert!(!explained(&unlogged, Delivery::NoExplanations));
+        let logged = scorer(Some(Arc::new(Discard)));
+        assert!(explained(&logged, Delivery::Explanations));
+        assert!(explained(&logged, Delivery::NoExplanations));
+    }
 }
