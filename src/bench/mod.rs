@@ -464,16 +464,28 @@ async fn stream(
             match client.score_batch(inbound).await {
                 Ok(resp) => {
                     let mut responses = resp.into_inner();
+                    // The answers of one request message may come in several response
+                    // messages (the server splits a round whose answer would be too large,
+                    // as explained results are): a request is answered once `chunk` results
+                    // have arrived for it.
+                    let mut current: Option<Instant> = None;
+                    let mut awaited = 0usize;
                     loop {
                         match responses.message().await {
                             Ok(Some(msg)) => {
-                                let sent = sent_at.lock().ok().and_then(|mut q| q.pop_front());
-                                let Some(sent) = sent else { continue };
+                                if awaited == 0 {
+                                    current = sent_at.lock().ok().and_then(|mut q| q.pop_front());
+                                    awaited = chunk;
+                                }
+                                awaited = awaited.saturating_sub(msg.results.len());
+                                let Some(sent) = current else { continue };
                                 if sent < plan.measure_from {
                                     continue;
                                 }
-                                t.latency_ns
-                                    .saturating_record(sent.elapsed().as_nanos() as u64);
+                                if awaited == 0 {
+                                    t.latency_ns
+                                        .saturating_record(sent.elapsed().as_nanos() as u64);
+                                }
                                 for r in &msg.results {
                                     match &r.result {
                                         Some(pb::batch_result::Result::Score(s)) => {
