@@ -11,7 +11,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score(&args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Migrate(args) => crate::decision_log::run_migrate_command(&args),
+        Command::Report(args) => report(&args),
     }
+}
+
+/// `cra report`: writes the HTML report and says where.
+fn report(args: &crate::config::ReportArgs) -> Result<()> {
+    let s = crate::report::run(args)?;
+    println!(
+        "report on {} rows -> {} ({} KB) in {:.1}s",
+        s.rows,
+        s.path.display(),
+        s.bytes.div_ceil(1024),
+        s.seconds
+    );
+    Ok(())
 }
 
 /// `cra generate`: synthetic applications into Parquet or CSV.
