@@ -126,6 +126,27 @@ fn train(args: &crate::config::TrainArgs) -> Result<()> {
         report.bundle.version(),
         args.out.display()
     );
+    // The model report on the same test rows, next to metrics.json (not in checksums.sha256:
+    // it documents the bundle, it is not part of it).
+    let source = format!(
+        "the {} test rows held out from {} (seed {}, test fraction {})",
+        report.model.test_rows.len(),
+        args.data.display(),
+        args.seed,
+        args.test_fraction
+    );
+    let page = crate::report::write_report(
+        &report.bundle,
+        &report.model.test_rows,
+        &report.model.test_labels,
+        &source,
+        &args.out.join(crate::report::REPORT_FILE),
+    )?;
+    println!(
+        "report -> {} ({} KB)",
+        page.path.display(),
+        page.bytes.div_ceil(1024)
+    );
     Ok(())
 }
 
