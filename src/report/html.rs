@@ -56,6 +56,19 @@ footer { color: var(--muted); font-size: 13px; margin-top: 34px; }
 @media (max-width: 900px) { .grid { grid-template-columns: 1fr; } .kpis { grid-template-columns: repeat(3, 1fr); } }
 "#;
 
+/// A count with thousands separators: 20000 as "20,000".
+pub fn count(n: impl Into<u64>) -> String {
+    let digits = n.into().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -85,9 +98,8 @@ pub fn render(a: &Analysis) -> Result<String> {
     );
     let _ = write!(
         h,
-        "<h1>Model report: {version}</h1>\n<p class=\"sub\">Evaluated on {} — {} rows, default rate {}.</p>\n",
+        "<h1>Model report: {version}</h1>\n<p class=\"sub\">Evaluated on {}; default rate {}.</p>\n",
         escape(&a.source),
-        a.rows,
         pct(a.default_rate)
     );
     h.push_str("<section class=\"kpis\" id=\"key-metrics\">\n");
@@ -115,9 +127,9 @@ pub fn render(a: &Analysis) -> Result<String> {
         ("Trees", a.num_trees.to_string()),
         ("Trained", a.trained_at.clone()),
         ("XGBoost", a.xgboost_version.clone()),
-        ("Training rows", a.training_rows.to_string()),
+        ("Training rows", count(a.training_rows)),
         ("Data", a.source.clone()),
-        ("Rows evaluated", a.rows.to_string()),
+        ("Rows evaluated", count(a.rows as u64)),
         (
             "Thresholds",
             format!(
@@ -207,11 +219,11 @@ pub fn render(a: &Analysis) -> Result<String> {
     h.push_str("</div>\n");
     match (plots::beeswarm(a)?, &a.shap) {
         (Some(svg), Ok(s)) => {
-            let _ = write!(
+            let _ = writeln!(
                 h,
                 "<figure class=\"wide\">{svg}<figcaption>Each point is one row: its contribution on \
                  x, coloured by the rank of the feature's value among the rows (blue low, red high; \
-                 categories by their code). {} of the {} explained rows are drawn.</figcaption></figure>\n",
+                 categories by their code). {} of the {} explained rows are drawn.</figcaption></figure>",
                 s.rows.min(super::MAX_BEESWARM_ROWS),
                 s.rows
             );
@@ -256,11 +268,11 @@ pub fn render(a: &Analysis) -> Result<String> {
             } else {
                 String::new()
             };
-            let _ = write!(
+            let _ = writeln!(
                 h,
                 "<figure class=\"wide\">{svg}<figcaption>The adverse-action reasons the explainer gives \
                  each declined row (p ≥ {}): up to four principal reasons, plus recent inquiries as a \
-                 fifth key factor when they counted against the applicant. {} rows explained{}.</figcaption></figure>\n",
+                 fifth key factor when they counted against the applicant. {} rows explained{}.</figcaption></figure>",
                 a.thresholds.decision_threshold, r.explained, sampled
             );
         }
@@ -298,16 +310,17 @@ fn bands_table(a: &Analysis) -> String {
              <td>{}</td><td>{rate}</td></tr>",
             level.to_uppercase(),
             escape(&b.range),
-            b.count,
+            count(b.count as u64),
             pct(b.count as f64 / a.rows.max(1) as f64),
-            b.defaults
+            count(b.defaults as u64)
         );
     }
     let defaults: usize = a.bands.iter().map(|b| b.defaults).sum();
     let _ = writeln!(
         h,
-        "<tr><th class=\"l\">All</th><th></th><th>{}</th><th>100%</th><th>{defaults}</th><th>{}</th></tr>",
-        a.rows,
+        "<tr><th class=\"l\">All</th><th></th><th>{}</th><th>100%</th><th>{}</th><th>{}</th></tr>",
+        count(a.rows as u64),
+        count(defaults as u64),
         pct(a.default_rate)
     );
     h.push_str("</table>\n<p class=\"sub\">Bands by the bundle's thresholds on the risk score (100 × probability of default).</p>\n</div>\n");
@@ -330,10 +343,10 @@ fn confusion_table(a: &Analysis) -> String {
          <tr><th class=\"l\">Actually defaulted</th><td class=\"fn\">{} <small>FN</small></td><td class=\"tp\">{} <small>TP</small></td></tr>\n\
          </table>\n<p class=\"sub\" style=\"margin-top:10px\">Accuracy {:.3} · precision {:.3} · recall {:.3} · F1 {:.3} · \
          false positive rate {:.3}</p>\n</div>\n",
-        c.tn,
-        c.fp,
-        c.fn_,
-        c.tp,
+        count(c.tn),
+        count(c.fp),
+        count(c.fn_),
+        count(c.tp),
         a.eval.accuracy,
         a.eval.precision,
         a.eval.recall,
@@ -347,8 +360,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_markup() {
+    fn escapes_markup_and_groups_digits() {
         assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+        assert_eq!(count(20_000u64), "20,000");
+        assert_eq!(count(999u64), "999");
+        assert_eq!(count(1_234_567u64), "1,234,567");
     }
 
     #[test]

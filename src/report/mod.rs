@@ -374,7 +374,11 @@ pub fn run(args: &crate::config::ReportArgs) -> Result<ReportSummary> {
     let (data, source) = match &args.data {
         Some(path) => {
             let data = crate::data::parquet::read_dataset(path)?;
-            let source = format!("{} ({} labelled rows)", path.display(), data.len());
+            let source = format!(
+                "{} ({} labelled rows)",
+                path.display(),
+                html::count(data.len() as u64)
+            );
             (data, source)
         }
         None => {
@@ -387,7 +391,7 @@ pub fn run(args: &crate::config::ReportArgs) -> Result<ReportSummary> {
             let source = format!(
                 "a synthetic holdout: {} rows from CRA's generator with seed {} (no --data given; \
                  the committed training data used seed 42)",
-                data.len(),
+                html::count(data.len() as u64),
                 args.seed
             );
             (data, source)

@@ -168,7 +168,7 @@ fn thin<T: Copy>(points: &[T], max: usize) -> Vec<T> {
     }
     let step = points.len().div_ceil(max);
     let mut out: Vec<T> = points.iter().step_by(step).copied().collect();
-    if (points.len() - 1) % step != 0 {
+    if !(points.len() - 1).is_multiple_of(step) {
         out.push(points[points.len() - 1]);
     }
     out
