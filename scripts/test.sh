@@ -4,6 +4,7 @@
 #   - tests/pg_cluster.sh: the local PostgreSQL cluster of scripts/pg.sh;
 #   - cargo test: unit tests, and integration tests that start the server in-process on port 0
 #     against a real PostgreSQL (each test creates and drops its own database);
+#     and tests/report.rs, which renders `cra report`'s page in headless Chromium;
 #   - end-to-end checks of the real `cra` binary with real clients: grpcurl (via reflection) and a
 #     Python grpcio client generated from proto/.
 # The last line sums every check: "total: N passed, M failed".

@@ -11,7 +11,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score(&args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Migrate(args) => crate::decision_log::run_migrate_command(&args),
+        Command::Report(args) => report(&args),
     }
+}
+
+/// `cra report`: writes the HTML report and says where.
+fn report(args: &crate::config::ReportArgs) -> Result<()> {
+    let s = crate::report::run(args)?;
+    println!(
+        "report on {} rows -> {} ({} KB) in {:.1}s",
+        s.rows,
+        s.path.display(),
+        s.bytes.div_ceil(1024),
+        s.seconds
+    );
+    Ok(())
 }
 
 /// `cra generate`: synthetic applications into Parquet or CSV.
@@ -111,6 +125,27 @@ fn train(args: &crate::config::TrainArgs) -> Result<()> {
         "bundle {} -> {} (verified on load)",
         report.bundle.version(),
         args.out.display()
+    );
+    // The model report on the same test rows, next to metrics.json (not in checksums.sha256:
+    // it documents the bundle, it is not part of it).
+    let source = format!(
+        "the {} test rows held out from {} (seed {}, test fraction {})",
+        report.model.test_rows.len(),
+        args.data.display(),
+        args.seed,
+        args.test_fraction
+    );
+    let page = crate::report::write_report(
+        &report.bundle,
+        &report.model.test_rows,
+        &report.model.test_labels,
+        &source,
+        &args.out.join(crate::report::REPORT_FILE),
+    )?;
+    println!(
+        "report -> {} ({} KB)",
+        page.path.display(),
+        page.bytes.div_ceil(1024)
     );
     Ok(())
 }

@@ -27,6 +27,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Apply the decision log schema (migrations) to PostgreSQL and print what was applied.
     Migrate(MigrateArgs),
+    /// Write a model report (metrics, ROC/PR/KS/calibration plots, importance, SHAP, reason
+    /// codes) as one self-contained HTML file.
+    Report(ReportArgs),
 }
 
 /// `cra generate`.
@@ -290,6 +293,28 @@ impl ScoreArgs {
     pub fn model_source(&self) -> crate::scoring::ModelSource {
         crate::scoring::ModelSource::of(self.models.as_deref(), &self.model)
     }
+}
+
+/// `cra report`: one self-contained HTML page about a model on labelled rows.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Model bundle directory to report on.
+    #[arg(long, env = "CRA_MODEL", default_value = "models/default")]
+    pub model: PathBuf,
+    /// Labelled Parquet file to evaluate on: the 17 inputs and `default`, as `cra generate`
+    /// writes and `cra train` reads. Default: a synthetic holdout from CRA's generator
+    /// (--rows, --seed), which the report says.
+    #[arg(long, env = "CRA_REPORT_DATA")]
+    pub data: Option<PathBuf>,
+    /// The HTML file to write (its directory is created if needed).
+    #[arg(long, env = "CRA_REPORT_OUT", default_value = "report.html")]
+    pub out: PathBuf,
+    /// Rows of the synthetic holdout (without --data).
+    #[arg(long, env = "CRA_REPORT_ROWS", default_value_t = crate::report::SYNTHETIC_ROWS)]
+    pub rows: usize,
+    /// Seed of the synthetic holdout (without --data); the committed training data used 42.
+    #[arg(long, env = "CRA_REPORT_SEED", default_value_t = crate::report::SYNTHETIC_SEED)]
+    pub seed: u64,
 }
 
 /// RPC exercised by `cra bench`.

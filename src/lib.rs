@@ -13,6 +13,7 @@
 //! - [`offline`]: `cra score`, a Parquet file scored through the same core;
 //! - [`data`]: Parquet and CSV files of applications;
 //! - [`training`]: the split, the metrics and (feature `trainer`) the libxgboost trainer;
+//! - [`report`]: `cra report`, the model report as one self-contained HTML page;
 //! - [`bench`], [`cli`], [`config`], [`telemetry`]: the `cra` binary's plumbing.
 //!
 //! The model runtime (preprocessing, compiled trees, bundles) is the `cra-model` crate.
@@ -27,6 +28,7 @@ pub mod grpc;
 pub mod http;
 pub mod offline;
 pub mod readiness;
+pub mod report;
 pub mod scoring;
 pub mod telemetry;
 pub mod training;

@@ -1,6 +1,7 @@
 //! Evaluation metrics of a binary classifier's probabilities: ROC AUC (rank statistic with
 //! average ranks for ties), Gini, KS, Brier score, log loss, and the confusion matrix at a
-//! threshold with precision, recall, F1 and accuracy.
+//! threshold with precision, recall, F1 and accuracy; and the curves the model report draws
+//! (ROC, precision–recall with average precision, the KS distributions, calibration bins).
 
 use serde::{Deserialize, Serialize};
 
@@ -82,27 +83,146 @@ pub fn gini(labels: &[u8], scores: &[f64]) -> Result<f64> {
 /// Kolmogorov–Smirnov statistic: the largest gap between the score distributions of the two
 /// classes, max over thresholds of |TPR − FPR|, with tied scores moved across together.
 pub fn ks(labels: &[u8], scores: &[f64]) -> Result<f64> {
+    Ok(ks_curve(labels, scores)?.ks)
+}
+
+/// The two classes' cumulative score distributions and their largest gap (the KS statistic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KsCurve {
+    /// `(score, share of negatives at or below it, share of positives at or below it)`, one
+    /// point per distinct score, ascending.
+    pub points: Vec<(f64, f64, f64)>,
+    /// The largest gap between the two shares.
+    pub ks: f64,
+    /// The score at which the gap is largest (the first such, from below).
+    pub at: f64,
+}
+
+/// The cumulative distributions of the scores of each class (see [`KsCurve`]).
+pub fn ks_curve(labels: &[u8], scores: &[f64]) -> Result<KsCurve> {
     let (pos, neg) = check_both(labels, scores)?;
-    let idx = order(scores);
-    let (mut cp, mut cn, mut best) = (0usize, 0usize, 0.0f64);
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        for &k in &idx[i..=j] {
+    let mut out = KsCurve {
+        points: Vec::new(),
+        ks: 0.0,
+        at: f64::NAN,
+    };
+    let (mut cp, mut cn) = (0usize, 0usize);
+    for group in tie_groups(scores, &order(scores)) {
+        for &k in group {
             if labels[k] == 1 {
                 cp += 1;
             } else {
                 cn += 1;
             }
         }
-        let gap = (cn as f64 / neg as f64 - cp as f64 / pos as f64).abs();
-        best = best.max(gap);
-        i = j + 1;
+        let (neg_share, pos_share) = (cn as f64 / neg as f64, cp as f64 / pos as f64);
+        let score = scores[group[0]];
+        let gap = (neg_share - pos_share).abs();
+        if gap > out.ks || out.at.is_nan() {
+            out.ks = gap;
+            out.at = score;
+        }
+        out.points.push((score, neg_share, pos_share));
     }
-    Ok(best)
+    Ok(out)
+}
+
+/// Runs of indices of `idx` (sorted by score) whose scores are equal.
+fn tie_groups<'a>(scores: &'a [f64], idx: &'a [usize]) -> impl Iterator<Item = &'a [usize]> + 'a {
+    idx.chunk_by(move |&a, &b| scores[a] == scores[b])
+}
+
+/// The ROC curve: `(false positive rate, true positive rate)` from (0, 0) to (1, 1), one point
+/// per distinct score taken as the threshold, highest first; tied scores move together, so the
+/// area under it (trapezoids) is [`auc_roc`].
+pub fn roc_curve(labels: &[u8], scores: &[f64]) -> Result<Vec<(f64, f64)>> {
+    let (pos, neg) = check_both(labels, scores)?;
+    let mut idx = order(scores);
+    idx.reverse();
+    let mut out = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    for group in tie_groups(scores, &idx) {
+        let p = group.iter().filter(|&&k| labels[k] == 1).count();
+        tp += p;
+        fp += group.len() - p;
+        out.push((fp as f64 / neg as f64, tp as f64 / pos as f64));
+    }
+    Ok(out)
+}
+
+/// The precision–recall curve and the average precision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrCurve {
+    /// `(recall, precision)`, one point per distinct score taken as the threshold, highest
+    /// first, after a first point (0, precision of the highest scores).
+    pub points: Vec<(f64, f64)>,
+    /// Σ (Rₙ − Rₙ₋₁)·Pₙ over the thresholds (scikit-learn's `average_precision_score`).
+    pub average_precision: f64,
+}
+
+/// Precision and recall at every threshold, and the average precision.
+pub fn pr_curve(labels: &[u8], scores: &[f64]) -> Result<PrCurve> {
+    let (pos, _) = check_both(labels, scores)?;
+    let mut idx = order(scores);
+    idx.reverse();
+    let mut points = Vec::new();
+    let (mut tp, mut seen, mut ap, mut last_recall) = (0usize, 0usize, 0.0, 0.0);
+    for group in tie_groups(scores, &idx) {
+        tp += group.iter().filter(|&&k| labels[k] == 1).count();
+        seen += group.len();
+        let (recall, precision) = (tp as f64 / pos as f64, tp as f64 / seen as f64);
+        if points.is_empty() {
+            points.push((0.0, precision));
+        }
+        ap += (recall - last_recall) * precision;
+        last_recall = recall;
+        points.push((recall, precision));
+    }
+    Ok(PrCurve {
+        points,
+        average_precision: ap,
+    })
+}
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalibrationBin {
+    /// The bin is `[lo, hi)` (the last one includes 1).
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    /// Mean predicted probability of the bin's rows.
+    pub mean_predicted: f64,
+    /// Share of the bin's rows labelled 1.
+    pub observed_rate: f64,
+}
+
+/// Rows grouped into `bins` equal-width probability bins; empty bins are left out.
+pub fn calibration(labels: &[u8], probs: &[f64], bins: usize) -> Result<Vec<CalibrationBin>> {
+    check(labels, probs)?;
+    let bins = bins.max(1);
+    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
+    for (&y, &p) in labels.iter().zip(probs) {
+        if !p.is_finite() {
+            continue;
+        }
+        let b = ((p.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        sums[b].0 += 1;
+        sums[b].1 += p;
+        sums[b].2 += usize::from(y == 1);
+    }
+    Ok(sums
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (n, _, _))| *n > 0)
+        .map(|(b, (n, sum, ones))| CalibrationBin {
+            lo: b as f64 / bins as f64,
+            hi: (b + 1) as f64 / bins as f64,
+            count: n,
+            mean_predicted: sum / n as f64,
+            observed_rate: ones as f64 / n as f64,
+        })
+        .collect())
 }
 
 /// Brier score: mean squared difference between probability and label.
@@ -314,6 +434,38 @@ mod tests {
         assert_relative_eq!(e.recall, 2.0 / 3.0);
         assert_relative_eq!(e.f1, 0.8, epsilon = 1e-12);
         assert_relative_eq!(e.accuracy, 0.8);
+    }
+
+    #[test]
+    fn curves_agree_with_the_scalar_metrics() {
+        let y = [1, 0, 1, 0, 0, 1, 0, 1];
+        let s = [0.9, 0.8, 0.7, 0.7, 0.3, 0.3, 0.2, 0.95];
+        let roc = roc_curve(&y, &s).unwrap();
+        assert_eq!(roc.first(), Some(&(0.0, 0.0)));
+        assert_eq!(roc.last(), Some(&(1.0, 1.0)));
+        let area: f64 = roc
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert_relative_eq!(area, auc_roc(&y, &s).unwrap(), epsilon = 1e-12);
+        let k = ks_curve(&y, &s).unwrap();
+        assert_relative_eq!(k.ks, ks(&y, &s).unwrap());
+        let (_, n, p) = k.points.iter().find(|(sc, _, _)| *sc == k.at).unwrap();
+        assert_relative_eq!((n - p).abs(), k.ks);
+        // By hand, descending: 0.95 (1), 0.9 (1), 0.8 (0), {0.7: 1, 0}, {0.3: 0, 1}, 0.2 (0).
+        // Recall steps of 1/4 at precisions 1, 1, 3/5, 4/7 -> AP = (2 + 3/5 + 4/7) / 4.
+        let pr = pr_curve(&y, &s).unwrap();
+        assert_relative_eq!(
+            pr.average_precision,
+            (2.0 + 0.6 + 4.0 / 7.0) / 4.0,
+            epsilon = 1e-12
+        );
+        assert_eq!(pr.points[0], (0.0, 1.0));
+        let bins = calibration(&[1, 0, 0, 1], &[0.05, 0.08, 0.95, 1.0], 10).unwrap();
+        assert_eq!(bins.len(), 2);
+        assert_eq!((bins[0].count, bins[0].observed_rate), (2, 0.5));
+        assert_relative_eq!(bins[1].mean_predicted, 0.975);
+        assert_relative_eq!(bins[1].hi, 1.0);
     }
 
     #[test]

@@ -635,6 +635,12 @@ impl ModelBundle {
         self.ensemble.num_trees()
     }
 
+    /// Every model feature's total gain over the trees (in feature order), or why the booster
+    /// carries no split gains.
+    pub fn feature_gains(&self) -> std::result::Result<&[f64], &str> {
+        self.ensemble.feature_gains()
+    }
+
     pub fn preprocessor(&self) -> &FittedPreprocessor {
         &self.manifest.preprocessor
     }

@@ -155,6 +155,9 @@ pub struct Ensemble {
     /// Every node's cover (XGBoost's `sum_hessian`), indexed like `nodes`, or why there are
     /// none. Only explanations need them; the walk does not.
     covers: Result<Vec<f32>, String>,
+    /// Every feature's total gain (the sum of XGBoost's `loss_changes` over the splits on it),
+    /// or why the booster has none. Only the model report needs them.
+    gains: Result<Vec<f64>, String>,
 }
 
 /// One node of a tree as the booster wrote it, with children indexed within its tree
@@ -246,6 +249,7 @@ impl Ensemble {
         let mut nodes = Vec::new();
         let mut roots = Vec::with_capacity(trees.len());
         let mut covers = Ok(Vec::new());
+        let mut gains = Ok(vec![0.0f64; num_features]);
         for (t, tree) in trees.iter().enumerate() {
             let left = array(tree, "left_children")?;
             let right = array(tree, "right_children")?;
@@ -273,6 +277,11 @@ impl Ensemble {
                 match read_covers(tree, n) {
                     Ok(c) => all.extend(c),
                     Err(why) => covers = Err(format!("tree {t}: {why}")),
+                }
+            }
+            if let Ok(total) = &mut gains {
+                if let Err(why) = add_gains(tree, left, split_idx, total) {
+                    gains = Err(format!("tree {t}: {why}"));
                 }
             }
             for i in 0..n {
@@ -333,7 +342,17 @@ impl Ensemble {
             base_margin,
             num_features,
             covers,
+            gains,
         })
+    }
+
+    /// Every feature's total gain over all trees (XGBoost's `total_gain` importance: the sum of
+    /// the loss reductions of the splits on the feature), or why the booster carries no gains.
+    pub fn feature_gains(&self) -> Result<&[f64], &str> {
+        match &self.gains {
+            Ok(g) => Ok(g),
+            Err(why) => Err(why),
+        }
     }
 
     /// The nodes of tree `t` (< [`Self::num_trees`]) in the booster's order, root first.
@@ -617,6 +636,36 @@ fn read_covers(tree: &Value, n: usize) -> Result<Vec<f32>, String> {
         .ok_or_else(|| "`sum_hessian` holds a value that is not a number".into())
 }
 
+/// Adds a tree's split gains (`loss_changes`) to `total`, by split feature; leaves carry none.
+fn add_gains(
+    tree: &Value,
+    left: &[Value],
+    split_idx: &[Value],
+    total: &mut [f64],
+) -> Result<(), String> {
+    let Some(v) = tree.get("loss_changes") else {
+        return Err("the booster has no split gains (`loss_changes`)".into());
+    };
+    let a = v
+        .as_array()
+        .filter(|a| a.len() == left.len())
+        .ok_or_else(|| format!("`loss_changes` is not an array of {} numbers", left.len()))?;
+    for ((gain, l), f) in a.iter().zip(left).zip(split_idx) {
+        if l.as_i64() == Some(-1) {
+            continue;
+        }
+        let gain = loose_f64(gain)
+            .filter(|g| g.is_finite())
+            .ok_or("`loss_changes` holds a value that is not a number")?;
+        let slot = f
+            .as_u64()
+            .and_then(|f| total.get_mut(f as usize))
+            .ok_or("a split names a feature out of range")?;
+        *slot += gain;
+    }
+    Ok(())
+}
+
 /// Depth of the tree rooted at `root` (a lone leaf has depth 0), or `None` when some node is
 /// reached twice (a cycle or shared subtree), which a tree cannot have.
 fn tree_depth(nodes: &[Node], root: u32) -> Option<usize> {
@@ -672,6 +721,31 @@ mod tests {
             "missing follows default"
         );
         assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn gains_sum_loss_changes_by_split_feature() {
+        // TINY has no `loss_changes`: no gains, and the reason.
+        let e = Ensemble::from_xgboost_json(TINY.as_bytes()).unwrap();
+        assert!(e.feature_gains().unwrap_err().contains("loss_changes"));
+        // With them: the root's gain goes to feature 0; the leaves' entries are ignored.
+        let with = TINY.replace(
+            r#""split_type":[0,0,0]}"#,
+            r#""split_type":[0,0,0],"loss_changes":[2.5,9.0,9.0]}"#,
+        );
+        let with = with.replace(
+            r#""default_left":[false]}"#,
+            r#""default_left":[false],"loss_changes":[7.0]}"#,
+        );
+        let e = Ensemble::from_xgboost_json(with.as_bytes()).unwrap();
+        assert_eq!(e.feature_gains().unwrap(), &[2.5, 0.0]);
+        // The committed model: credit_score (feature 3) gains the most, as XGBoost's own
+        // total_gain importance says.
+        let bytes = std::fs::read(DEFAULT_BOOSTER).unwrap();
+        let g = Ensemble::from_xgboost_json(&bytes).unwrap();
+        let g = g.feature_gains().unwrap();
+        assert!((g[3] - 1422.006).abs() < 1e-2, "{}", g[3]);
+        assert!(g.iter().all(|&x| x <= g[3]));
     }
 
     use rand::{Rng, SeedableRng};
