@@ -72,17 +72,18 @@ pub type Result<T, E = ShapError> = std::result::Result<T, E>;
 /// another).
 #[derive(Debug, Clone, Copy)]
 struct Step {
+    /// Index in the row as [`TreeShap::contributions`] widens it (as the tree walker does): the
+    /// feature itself when a missing value goes left (`NaN >= t` is false), its copy with NaN
+    /// replaced by +inf when it goes right.
     feature: u32,
     threshold: f32,
-    /// Where a missing value goes: 1 right, 0 left.
-    nan_right: u16,
+    /// Slot (in [`ShapScratch::masks`]) of this node's agreement mask; its children's are
+    /// `left` and `left + 1`.
+    slot: u32,
+    left: u32,
     /// This split's level bit in its leaves' agreement masks (0 from level 16 on, which no
     /// table reads).
     bit: u16,
-    /// Slots (in [`ShapScratch::masks`]) of this node's agreement mask and its children's.
-    slot: u32,
-    left: u32,
-    right: u32,
 }
 
 /// One table read of a row: feature `feature` receives `coef * table[mask & !levels]` when
@@ -96,7 +97,7 @@ struct Entry {
     /// `1/z - 1` for a path feature; 1 for a feature whose values are tabulated directly
     /// (with `levels` 0, so that it always reads `table[mask]`).
     coef: f32,
-    feature: u32,
+    feature: u16,
     levels: u16,
 }
 
@@ -125,6 +126,8 @@ pub struct TreeShap {
     long_leaves: Vec<LongLeaf>,
     /// Number of mask slots (slot 0 is every root's empty mask).
     num_slots: usize,
+    /// The number of levels of each slot's node (its masks are below `1 << depth`).
+    slot_depths: Vec<u8>,
     /// Deepest leaf tabulated (at most [`MAX_TABLE_DEPTH`]).
     table_depth: usize,
 }
@@ -133,8 +136,24 @@ pub struct TreeShap {
 #[derive(Debug, Clone, Default)]
 pub struct ShapScratch {
     masks: Vec<u16>,
+    /// The row, then the row with NaN as +inf.
+    wide: Vec<f32>,
     right: Vec<bool>,
     poly: Vec<f64>,
+}
+
+/// `value`, hidden from the optimiser: it cannot turn arithmetic on a comparison's 0 or 1
+/// back into a select, and then a jump, on the comparison (which it does in [`TreeShap::contributions`], and which the
+/// branch predictor then misses half the time). Costs nothing: an empty `asm!` on a register.
+#[inline(always)]
+fn opaque(value: u32) -> u32 {
+    let mut value = u64::from(value);
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    // SAFETY: the assembly is empty (a comment); it reads and writes nothing.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) value, options(pure, nomem, nostack, preserves_flags));
+    }
+    value as u32
 }
 
 /// XGBoost's `BranchWeight`: a child's cover over its parent's, in `f32`, with its guards.
@@ -312,7 +331,15 @@ impl TreeShap {
             tables: Vec::new(),
             long_leaves: Vec::new(),
             num_slots: 1,
+            slot_depths: vec![0],
         };
+        if shap.num_features > usize::from(u16::MAX) {
+            return Err(ShapError::Unavailable(format!(
+                "the model has {} features; contributions are computed for at most {}",
+                shap.num_features,
+                u16::MAX
+            )));
+        }
         let mut build = Build::default();
         for t in 0..ensemble.num_trees() {
             let nodes: Vec<TreeNode> = ensemble.tree_nodes(t).collect();
@@ -333,12 +360,32 @@ impl TreeShap {
             shap.bias += mean_value(&nodes, covers, 0);
             shap.add_tree(&nodes, covers, &mut build);
         }
+        shap.check();
         Ok(shap)
     }
 
-    fn new_slot(&mut self) -> u32 {
-        self.num_slots += 1;
-        (self.num_slots - 1) as u32
+    /// Two new consecutive slots for the children of a node at `depth` levels.
+    fn new_slots(&mut self, depth: usize) -> [u32; 2] {
+        let first = self.num_slots as u32;
+        self.num_slots += 2;
+        let depth = depth.min(usize::from(u8::MAX) - 1) as u8;
+        self.slot_depths.extend([depth + 1, depth + 1]);
+        [first, first + 1]
+    }
+
+    /// What [`Self::contributions`] relies on to index without bounds checks; a failure is a
+    /// bug of the builder.
+    fn check(&self) {
+        let wide = 2 * self.num_features;
+        for s in &self.steps {
+            assert!((s.feature as usize) < wide && (s.slot as usize) < self.num_slots);
+            assert!((s.left as usize) + 1 < self.num_slots);
+        }
+        for e in &self.entries {
+            let depth = u32::from(self.slot_depths[e.slot as usize]);
+            assert!(depth <= MAX_TABLE_DEPTH as u32 && usize::from(e.feature) < self.num_features);
+            assert!(e.table as usize + (1usize << depth) <= self.tables.len());
+        }
     }
 
     /// Lays out one tree: its splits in pre-order, and its leaves' tables and reads.
@@ -364,7 +411,7 @@ impl TreeShap {
             let step = self.steps.len() as u32;
             let level = path.len();
             let children = [left as usize, right as usize];
-            let slots = [self.new_slot(), self.new_slot()];
+            let slots = self.new_slots(level);
             let paths = [0, 1].map(|side| {
                 let mut p = path.clone();
                 p.push(PathEdge {
@@ -375,14 +422,13 @@ impl TreeShap {
                 });
                 p
             });
+            let nf = self.num_features as u32;
             self.steps.push(Step {
-                feature,
+                feature: if default_left { feature } else { nf + feature },
                 threshold,
-                nan_right: u16::from(!default_left),
-                bit: 1u16.checked_shl(level as u32).unwrap_or(0),
                 slot,
                 left: slots[0],
-                right: slots[1],
+                bit: 1u16.checked_shl(level as u32).unwrap_or(0),
             });
             match children.map(|c| nodes[c]) {
                 [TreeNode::Leaf { value: l }, TreeNode::Leaf { value: r }]
@@ -418,7 +464,7 @@ impl TreeShap {
             slot,
             table,
             coef: coef as f32,
-            feature,
+            feature: feature as u16,
             levels: levels as u16,
         });
     }
@@ -506,6 +552,7 @@ impl TreeShap {
     pub fn scratch(&self) -> ShapScratch {
         ShapScratch {
             masks: vec![0; self.num_slots],
+            wide: vec![0.0; 2 * self.num_features],
             right: vec![
                 false;
                 if self.long_leaves.is_empty() {
@@ -537,6 +584,7 @@ impl TreeShap {
         }
         let has_long = !self.long_leaves.is_empty();
         if scratch.masks.len() < self.num_slots
+            || scratch.wide.len() != 2 * nf
             || (has_long && scratch.right.len() < self.steps.len())
         {
             *scratch = self.scratch();
@@ -548,38 +596,49 @@ impl TreeShap {
         // Every root's (the scratch may have served another model).
         masks[0] = 0;
         // Every split of every tree, parents first: each child's agreement mask.
+        let (plain, filled) = scratch.wide.split_at_mut(nf);
+        plain.copy_from_slice(row);
+        for (f, &x) in filled.iter_mut().zip(row) {
+            *f = if x.is_nan() { f32::INFINITY } else { x };
+        }
+        let wide = &scratch.wide[..];
+        // SAFETY (the `get_unchecked` below): `check` asserted, when the tables were built,
+        // that every step's feature is below `2 * num_features` (the length of `wide`) and its
+        // slots below `num_slots`; that every entry's slot is below `num_slots`, its feature
+        // below `num_features` (the length of `phi`), and that its table holds
+        // `1 << depth` values, where depth is the number of levels of the slot's node, whose
+        // masks only have bits below it. `masks` has at least `num_slots` values (above).
+        //
         // Both loops are written without data-dependent branches: whether a row goes right,
         // or agrees with a feature, is a coin toss the branch predictor would lose half the
-        // time (the compiler turns `if` on them into jumps).
+        // time. The compiler turns an `if`, and even arithmetic on a comparison's 0/1, back
+        // into a jump, so the comparison's 0 or 1 goes through [`opaque`] before it becomes a mask.
         for (k, s) in self.steps.iter().enumerate() {
-            let x = row[s.feature as usize];
             // XGBoost goes left on `x < threshold`; NaN follows the default branch.
-            // (`x < t` and `x >= t` are both false for NaN; integers, so that the compiler
-            // keeps it free of jumps.)
-            let below = u16::from(x < s.threshold);
-            let at_or_above = u16::from(x >= s.threshold);
-            let right = at_or_above | (s.nan_right & !(below | at_or_above));
-            let m = masks[s.slot as usize];
-            let to_right = s.bit & 0u16.wrapping_sub(right);
-            masks[s.left as usize] = m | (s.bit ^ to_right);
-            masks[s.right as usize] = m | to_right;
+            let right = unsafe { *wide.get_unchecked(s.feature as usize) } >= s.threshold;
+            let m = unsafe { *masks.get_unchecked(s.slot as usize) };
+            let to_right = s.bit & opaque(u32::from(right)).wrapping_neg() as u16;
+            unsafe {
+                *masks.get_unchecked_mut(s.left as usize) = m | (s.bit ^ to_right);
+                *masks.get_unchecked_mut(s.left as usize + 1) = m | to_right;
+            }
             if has_long {
-                scratch.right[k] = right == 1;
+                scratch.right[k] = right;
             }
         }
         // One flat pass over every read: no per-leaf loop whose length the branch predictor
         // would have to guess.
         const MINUS_ONE: u32 = (-1.0f32).to_bits();
         for e in &self.entries {
-            let m = masks[e.slot as usize];
+            let m = unsafe { *masks.get_unchecked(e.slot as usize) };
             // Inside (every level of the feature agrees): `coef * table[m & !levels]`;
             // outside: `-table[m]`.
-            let inside = 0u16.wrapping_sub(u16::from(m & e.levels == e.levels));
-            let at = m & !(e.levels & inside);
-            let inside = u32::from(inside) | (u32::from(inside) << 16);
+            let inside = opaque(u32::from(m & e.levels == e.levels)).wrapping_neg();
+            let at = m & !(e.levels & inside as u16);
             let factor = f32::from_bits((e.coef.to_bits() & inside) | (MINUS_ONE & !inside));
-            let value = self.tables[e.table as usize + at as usize];
-            phi[e.feature as usize] += f64::from(factor) * f64::from(value);
+            let value = unsafe { *self.tables.get_unchecked(e.table as usize + at as usize) };
+            let phi = unsafe { phi.get_unchecked_mut(usize::from(e.feature)) };
+            *phi += f64::from(factor) * f64::from(value);
         }
         for leaf in &self.long_leaves {
             long_leaf(leaf, &scratch.right, &mut scratch.poly, phi);
