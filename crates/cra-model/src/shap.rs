@@ -42,6 +42,14 @@ use super::ensemble::{Ensemble, TreeNode};
 /// computed per row, more slowly.
 pub const MAX_TABLE_DEPTH: usize = 10;
 
+/// Accumulators per feature. Sibling groups repeat their path's features in the same order, so
+/// with one accumulator per feature each addition waits for the previous one to the same
+/// feature to be stored; successive reads of one feature go to successive banks instead.
+const BANKS: usize = 4;
+
+/// The bits of -1.0 in `f32`.
+const MINUS_ONE: u32 = (-1.0f32).to_bits();
+
 /// XGBoost's floor on a branch weight (`kQuadratureTreeShapMinChildWeight`).
 const MIN_BRANCH_WEIGHT: f32 = 1e-12;
 
@@ -86,18 +94,20 @@ struct Step {
     bit: u16,
 }
 
-/// One table read of a row: feature `feature` receives `coef * table[mask & !levels]` when
-/// the mask has every bit of `levels` (the feature is in Q), else `-table[mask]`.
+/// One table read of a row: the feature receives `coef * table[mask & !levels]` when the mask
+/// has every bit of `levels` (the feature is in Q), else `-table[mask]`. In
+/// [`TreeShap::direct`], it receives `table[mask]`.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Slot of the mask that indexes the table.
     slot: u32,
     /// Start of the table in [`TreeShap::tables`].
     table: u32,
-    /// `1/z - 1` for a path feature; 1 for a feature whose values are tabulated directly
-    /// (with `levels` 0, so that it always reads `table[mask]`).
-    coef: f32,
-    feature: u16,
+    /// The bits of `coef = 1/z - 1` XOR those of -1.0: the factor is `(coef_x & inside) ^
+    /// bits(-1.0)`, that is `coef` inside Q and -1 outside.
+    coef_x: u32,
+    /// The accumulator it adds to: `bank * num_features + feature` (see [`BANKS`]).
+    acc: u16,
     levels: u16,
 }
 
@@ -121,6 +131,8 @@ pub struct TreeShap {
     steps: Vec<Step>,
     /// Every tree's table reads, tree after tree.
     entries: Vec<Entry>,
+    /// The reads of a table of one feature's contributions (`levels` 0: always `table[mask]`).
+    direct: Vec<Entry>,
     /// `f32`: halves the memory a row walks through; every sum is kept in `f64`.
     tables: Vec<f32>,
     long_leaves: Vec<LongLeaf>,
@@ -128,6 +140,8 @@ pub struct TreeShap {
     num_slots: usize,
     /// The number of levels of each slot's node (its masks are below `1 << depth`).
     slot_depths: Vec<u8>,
+    /// Accumulator banks (at most [`BANKS`]).
+    banks: usize,
     /// Deepest leaf tabulated (at most [`MAX_TABLE_DEPTH`]).
     table_depth: usize,
 }
@@ -136,6 +150,8 @@ pub struct TreeShap {
 #[derive(Debug, Clone, Default)]
 pub struct ShapScratch {
     masks: Vec<u16>,
+    /// [`BANKS`] sums per feature.
+    acc: Vec<f64>,
     /// The row, then the row with NaN as +inf.
     wide: Vec<f32>,
     right: Vec<bool>,
@@ -328,10 +344,12 @@ impl TreeShap {
             bias: ensemble.base_margin() as f64,
             steps: Vec::new(),
             entries: Vec::new(),
+            direct: Vec::new(),
             tables: Vec::new(),
             long_leaves: Vec::new(),
             num_slots: 1,
             slot_depths: vec![0],
+            banks: 1,
         };
         if shap.num_features > usize::from(u16::MAX) {
             return Err(ShapError::Unavailable(format!(
@@ -360,6 +378,18 @@ impl TreeShap {
             shap.bias += mean_value(&nodes, covers, 0);
             shap.add_tree(&nodes, covers, &mut build);
         }
+        // Successive reads of one feature go to successive banks.
+        let nf = shap.num_features.max(1);
+        shap.banks = (usize::from(u16::MAX) / nf).clamp(1, BANKS);
+        let mut seen = vec![0usize; nf];
+        for entries in [&mut shap.entries, &mut shap.direct] {
+            seen.fill(0);
+            for e in entries.iter_mut() {
+                let f = usize::from(e.acc);
+                e.acc = ((seen[f] % shap.banks) * nf + f) as u16;
+                seen[f] += 1;
+            }
+        }
         shap.check();
         Ok(shap)
     }
@@ -381,9 +411,10 @@ impl TreeShap {
             assert!((s.feature as usize) < wide && (s.slot as usize) < self.num_slots);
             assert!((s.left as usize) + 1 < self.num_slots);
         }
-        for e in &self.entries {
+        for e in self.entries.iter().chain(&self.direct) {
             let depth = u32::from(self.slot_depths[e.slot as usize]);
-            assert!(depth <= MAX_TABLE_DEPTH as u32 && usize::from(e.feature) < self.num_features);
+            assert!(depth <= MAX_TABLE_DEPTH as u32);
+            assert!(usize::from(e.acc) < self.banks * self.num_features);
             assert!(e.table as usize + (1usize << depth) <= self.tables.len());
         }
     }
@@ -463,8 +494,8 @@ impl TreeShap {
         self.entries.push(Entry {
             slot,
             table,
-            coef: coef as f32,
-            feature: feature as u16,
+            coef_x: (coef as f32).to_bits() ^ MINUS_ONE,
+            acc: feature as u16,
             levels: levels as u16,
         });
     }
@@ -535,7 +566,13 @@ impl TreeShap {
         let own = self.push_table(
             (0..size).map(|x| dl.contribution(&tl, x) + dr.contribution(&tr, x ^ last)),
         );
-        self.push_entry(slot, own, 1.0, split, 0);
+        self.direct.push(Entry {
+            slot,
+            table: own,
+            coef_x: 0,
+            acc: split as u16,
+            levels: 0,
+        });
     }
 
     /// Number of model features (the output has one more value, the bias).
@@ -552,6 +589,7 @@ impl TreeShap {
     pub fn scratch(&self) -> ShapScratch {
         ShapScratch {
             masks: vec![0; self.num_slots],
+            acc: vec![0.0; self.banks * self.num_features],
             wide: vec![0.0; 2 * self.num_features],
             right: vec![
                 false;
@@ -585,6 +623,7 @@ impl TreeShap {
         let has_long = !self.long_leaves.is_empty();
         if scratch.masks.len() < self.num_slots
             || scratch.wide.len() != 2 * nf
+            || scratch.acc.len() != self.banks * nf
             || (has_long && scratch.right.len() < self.steps.len())
         {
             *scratch = self.scratch();
@@ -592,6 +631,8 @@ impl TreeShap {
         out.fill(0.0);
         out[nf] = self.bias;
         let phi = &mut out[..nf];
+        let acc = &mut scratch.acc[..];
+        acc.fill(0.0);
         let masks = &mut scratch.masks[..];
         // Every root's (the scratch may have served another model).
         masks[0] = 0;
@@ -604,8 +645,8 @@ impl TreeShap {
         let wide = &scratch.wide[..];
         // SAFETY (the `get_unchecked` below): `check` asserted, when the tables were built,
         // that every step's feature is below `2 * num_features` (the length of `wide`) and its
-        // slots below `num_slots`; that every entry's slot is below `num_slots`, its feature
-        // below `num_features` (the length of `phi`), and that its table holds
+        // slots below `num_slots`; that every entry's slot is below `num_slots`, its
+        // accumulator below `banks * num_features` (the length of `acc`), and that its table holds
         // `1 << depth` values, where depth is the number of levels of the slot's node, whose
         // masks only have bits below it. `masks` has at least `num_slots` values (above).
         //
@@ -628,17 +669,29 @@ impl TreeShap {
         }
         // One flat pass over every read: no per-leaf loop whose length the branch predictor
         // would have to guess.
-        const MINUS_ONE: u32 = (-1.0f32).to_bits();
         for e in &self.entries {
             let m = unsafe { *masks.get_unchecked(e.slot as usize) };
             // Inside (every level of the feature agrees): `coef * table[m & !levels]`;
             // outside: `-table[m]`.
             let inside = opaque(u32::from(m & e.levels == e.levels)).wrapping_neg();
-            let at = m & !(e.levels & inside as u16);
-            let factor = f32::from_bits((e.coef.to_bits() & inside) | (MINUS_ONE & !inside));
+            // Inside, `m` has every bit of `levels`: `m ^ levels` clears them.
+            let at = m ^ (e.levels & inside as u16);
+            let factor = f32::from_bits((e.coef_x & inside) ^ MINUS_ONE);
             let value = unsafe { *self.tables.get_unchecked(e.table as usize + at as usize) };
-            let phi = unsafe { phi.get_unchecked_mut(usize::from(e.feature)) };
-            *phi += f64::from(factor) * f64::from(value);
+            let sum = unsafe { acc.get_unchecked_mut(usize::from(e.acc)) };
+            // The product in `f32` (one rounding, 6e-8 relative), the sum in `f64`.
+            *sum += f64::from(factor * value);
+        }
+        // The last split's feature of each pair of sibling leaves: its contribution outright.
+        for e in &self.direct {
+            let m = unsafe { *masks.get_unchecked(e.slot as usize) };
+            let value = unsafe { *self.tables.get_unchecked(e.table as usize + m as usize) };
+            unsafe { *acc.get_unchecked_mut(usize::from(e.acc)) += f64::from(value) };
+        }
+        for bank in acc.chunks_exact(nf.max(1)) {
+            for (p, a) in phi.iter_mut().zip(bank) {
+                *p += a;
+            }
         }
         for leaf in &self.long_leaves {
             long_leaf(leaf, &scratch.right, &mut scratch.poly, phi);
@@ -796,7 +849,8 @@ mod tests {
         assert_matches_xgboost("default model", &e, &shap, &json, &matrix);
         // The per-row fallback for deep leaves gives the same values.
         let fallback = TreeShap::with_table_depth(&e, 0).unwrap();
-        assert!(fallback.entries.is_empty() && !fallback.long_leaves.is_empty());
+        assert!(fallback.entries.is_empty() && fallback.direct.is_empty());
+        assert!(!fallback.long_leaves.is_empty());
         assert_matches_xgboost("default model, fallback", &e, &fallback, &json, &matrix);
     }
 
@@ -962,7 +1016,7 @@ mod tests {
             e.max_depth(),
             t.elapsed().as_secs_f64() * 1e3,
             (shap.tables.len() * std::mem::size_of::<f32>()
-                + shap.entries.len() * std::mem::size_of::<Entry>())
+                + (shap.entries.len() + shap.direct.len()) * std::mem::size_of::<Entry>())
                 / 1024
         );
         let mut booster = xgb::Booster::load_buffer(&json).unwrap();
