@@ -327,6 +327,8 @@ fn leaf_table(
 struct Build {
     weights: Vec<f64>,
     poly: Vec<f64>,
+    /// The level of each step.
+    levels: Vec<usize>,
 }
 
 impl TreeShap {
@@ -377,6 +379,23 @@ impl TreeShap {
             }
             shap.bias += mean_value(&nodes, covers, 0);
             shap.add_tree(&nodes, covers, &mut build);
+        }
+        // The splits of every tree level by level, the root of every tree first: a split's
+        // mask is then long computed when its children's are, rather than the instruction
+        // before (a parent still comes before its children).
+        let mut order: Vec<usize> = (0..shap.steps.len()).collect();
+        order.sort_by_key(|&k| build.levels[k]);
+        let mut moved_to = vec![0u32; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            moved_to[old] = new as u32;
+        }
+        shap.steps = order.iter().map(|&k| shap.steps[k]).collect();
+        for leaf in &mut shap.long_leaves {
+            for (_, _, edges) in &mut leaf.features {
+                for (step, _) in edges {
+                    *step = moved_to[*step as usize];
+                }
+            }
         }
         // Successive reads of one feature go to successive banks.
         let nf = shap.num_features.max(1);
@@ -441,6 +460,7 @@ impl TreeShap {
             };
             let step = self.steps.len() as u32;
             let level = path.len();
+            build.levels.push(level);
             let children = [left as usize, right as usize];
             let slots = self.new_slots(level);
             let paths = [0, 1].map(|side| {
@@ -575,6 +595,38 @@ impl TreeShap {
         });
     }
 
+    /// Every split of every tree, parents first: each child's agreement mask, and (`RECORD`,
+    /// for the deep leaves) whether the row goes right.
+    ///
+    /// # Safety
+    ///
+    /// `wide` must have `2 * num_features` values and `masks` at least `num_slots` (and
+    /// `right`, when `RECORD`, one per step).
+    #[inline(always)]
+    unsafe fn split_pass<const RECORD: bool>(
+        &self,
+        wide: &[f32],
+        masks: &mut [u16],
+        right: &mut [bool],
+    ) {
+        debug_assert!(wide.len() == 2 * self.num_features && masks.len() >= self.num_slots);
+        for (k, s) in self.steps.iter().enumerate() {
+            // SAFETY: `check` asserted every step's feature below `2 * num_features` and its
+            // slots below `num_slots`.
+            // XGBoost goes left on `x < threshold`; NaN follows the default branch.
+            let goes_right = unsafe { *wide.get_unchecked(s.feature as usize) } >= s.threshold;
+            let m = unsafe { *masks.get_unchecked(s.slot as usize) };
+            let to_right = s.bit & opaque(u32::from(goes_right)).wrapping_neg() as u16;
+            unsafe {
+                *masks.get_unchecked_mut(s.left as usize) = m | (s.bit ^ to_right);
+                *masks.get_unchecked_mut(s.left as usize + 1) = m | to_right;
+            }
+            if RECORD {
+                right[k] = goes_right;
+            }
+        }
+    }
+
     /// Number of model features (the output has one more value, the bias).
     pub fn num_features(&self) -> usize {
         self.num_features
@@ -636,35 +688,29 @@ impl TreeShap {
         let masks = &mut scratch.masks[..];
         // Every root's (the scratch may have served another model).
         masks[0] = 0;
-        // Every split of every tree, parents first: each child's agreement mask.
+        // The row, then the row with NaN as +inf (see `Step::feature`).
         let (plain, filled) = scratch.wide.split_at_mut(nf);
         plain.copy_from_slice(row);
         for (f, &x) in filled.iter_mut().zip(row) {
             *f = if x.is_nan() { f32::INFINITY } else { x };
         }
         let wide = &scratch.wide[..];
-        // SAFETY (the `get_unchecked` below): `check` asserted, when the tables were built,
-        // that every step's feature is below `2 * num_features` (the length of `wide`) and its
-        // slots below `num_slots`; that every entry's slot is below `num_slots`, its
-        // accumulator below `banks * num_features` (the length of `acc`), and that its table holds
-        // `1 << depth` values, where depth is the number of levels of the slot's node, whose
-        // masks only have bits below it. `masks` has at least `num_slots` values (above).
-        //
-        // Both loops are written without data-dependent branches: whether a row goes right,
+        // Both passes are written without data-dependent branches: whether a row goes right,
         // or agrees with a feature, is a coin toss the branch predictor would lose half the
-        // time. The compiler turns an `if`, and even arithmetic on a comparison's 0/1, back
-        // into a jump, so the comparison's 0 or 1 goes through [`opaque`] before it becomes a mask.
-        for (k, s) in self.steps.iter().enumerate() {
-            // XGBoost goes left on `x < threshold`; NaN follows the default branch.
-            let right = unsafe { *wide.get_unchecked(s.feature as usize) } >= s.threshold;
-            let m = unsafe { *masks.get_unchecked(s.slot as usize) };
-            let to_right = s.bit & opaque(u32::from(right)).wrapping_neg() as u16;
-            unsafe {
-                *masks.get_unchecked_mut(s.left as usize) = m | (s.bit ^ to_right);
-                *masks.get_unchecked_mut(s.left as usize + 1) = m | to_right;
-            }
+        // time. The compiler turns an `if`, and even arithmetic on a comparison's 0 or 1, back
+        // into a jump, so that 0 or 1 goes through [`opaque`] before it becomes a mask.
+        //
+        // SAFETY (`split_pass` and the `get_unchecked` below): `check` asserted, when the
+        // tables were built, that every entry's slot is below `num_slots`, its accumulator
+        // below `banks * num_features` (the length of `acc`), and that its table holds
+        // `1 << depth` values, where depth is the number of levels of the slot's node, whose
+        // masks only have bits below it; the lengths of `wide`, `masks` and `right` were made
+        // right above.
+        unsafe {
             if has_long {
-                scratch.right[k] = right;
+                self.split_pass::<true>(wide, masks, &mut scratch.right);
+            } else {
+                self.split_pass::<false>(wide, masks, &mut scratch.right);
             }
         }
         // One flat pass over every read: no per-leaf loop whose length the branch predictor
