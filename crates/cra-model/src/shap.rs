@@ -1065,6 +1065,13 @@ mod tests {
                 + (shap.entries.len() + shap.direct.len()) * std::mem::size_of::<Entry>())
                 / 1024
         );
+        // For the same rows through Python's xgboost (scripts/shap-python.py): the matrix as
+        // little-endian f32, row-major, NaN for missing.
+        if let Ok(path) = std::env::var("CRA_SHAP_ROWS_OUT") {
+            let bytes: Vec<u8> = matrix.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(&path, bytes).unwrap();
+            println!("rows written to {path}: {rows} x {nf} f32");
+        }
         let mut booster = xgb::Booster::load_buffer(&json).unwrap();
         booster.set_param("nthread", "1").unwrap();
         let dmat = xgb::DMatrix::from_dense(&matrix, rows).unwrap();
