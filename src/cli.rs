@@ -7,7 +7,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::Train(args) => train(&args),
-        Command::Serve(cfg) => crate::app::serve(cfg),
+        Command::Serve(cfg) => crate::app::serve(*cfg),
         Command::Score(args) => score(&args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Migrate(args) => crate::decision_log::run_migrate_command(&args),

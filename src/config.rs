@@ -19,8 +19,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Train the preprocessing + XGBoost pipeline on a Parquet file and write a model bundle.
     Train(TrainArgs),
-    /// Serve the model over gRPC (Score, ScoreBatch, GetModelInfo, health, reflection).
-    Serve(ServeConfig),
+    /// Serve the models over gRPC (Score, ScoreBatch, GetModelInfo, the Open Inference
+    /// Protocol, health, reflection) and HTTP (the REST API, the Open Inference Protocol's /v2).
+    Serve(Box<ServeConfig>),
     /// Score a Parquet file offline, through the same core as the server, into a Parquet file.
     Score(ScoreArgs),
     /// Load-test a running `cra serve` over gRPC and print latency percentiles and throughput.
