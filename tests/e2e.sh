@@ -94,9 +94,9 @@ counts=$(psql -tAq "$DB_URL" -c "SELECT rpc || '=' || count(*) FROM decisions GR
 echo "decision log: $counts"
 rest=$(psql -tAq "$DB_URL" -c "SELECT count(*) FROM decisions WHERE rpc = 'rest'")
 v2=$(psql -tAq "$DB_URL" -c "SELECT count(*) FROM decisions WHERE rpc = 'v2'")
-# 1000 from the load script and 100 from e2e_http.py's REST batch; 100 + 75 over HTTP and 100 +
+# 1000 from the load script and 100 from e2e_http.py's REST batch; 100 + 100 over HTTP and 100 +
 # 100 over gRPC through /v2 (the refused batch records its one bad row).
 [ "$rest" -eq 1100 ] || { echo "e2e.sh: expected 1100 rest rows, got $rest" >&2; exit 1; }
-[ "$v2" -eq 376 ] || { echo "e2e.sh: expected 376 v2 rows, got $v2" >&2; exit 1; }
+[ "$v2" -eq 401 ] || { echo "e2e.sh: expected 401 v2 rows, got $v2" >&2; exit 1; }
 echo "ok: the decision log holds every REST and V2 decision ($rest rest, $v2 v2)"
 echo "e2e.sh: all end-to-end checks passed"

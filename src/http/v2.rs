@@ -227,6 +227,41 @@ async fn infer_response(
     resp
 }
 
+/// The JSON text with every bare `NaN` token (outside strings) written as `null`. JSON has no
+/// NaN, but Python's `json.dumps` (and so tritonclient's JSON requests) writes one for a missing
+/// value, which the protocol's tensors use NaN for; `null` is what this adapter reads as
+/// missing. Borrowed when there is none.
+fn nan_as_null(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut found = Vec::new();
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'N' && text[i..].starts_with(b"NaN") {
+            found.push(i);
+        }
+    }
+    if found.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = Vec::with_capacity(text.len() + found.len());
+    let mut from = 0;
+    for i in found {
+        out.extend_from_slice(&text[from..i]);
+        out.extend_from_slice(b"null");
+        from = i + 3;
+    }
+    out.extend_from_slice(&text[from..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Flattens nested JSON arrays, row-major.
 fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
@@ -434,7 +469,8 @@ async fn infer_inner(
         }
         None => (&bytes[..], &[][..]),
     };
-    let request: InferRequest = serde_json::from_slice(json_part).map_err(|e| {
+    let json_part = nan_as_null(json_part);
+    let request: InferRequest = serde_json::from_slice(&json_part).map_err(|e| {
         if e.is_data() {
             HttpError::invalid(
                 "inputs",
@@ -518,4 +554,25 @@ async fn infer_inner(
     );
     h.insert(HEADER_LENGTH, HeaderValue::from(json_len));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nan_as_null;
+
+    #[test]
+    fn bare_nans_become_nulls_and_strings_are_left_alone() {
+        let text = br#"{"data": [1.0, NaN, 2], "name": "NaN \" NaN", "x": [NaN]}"#;
+        let out = nan_as_null(text);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"data": [1.0, null, 2], "name": "NaN \" NaN", "x": [null]}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["data"][1].is_null());
+        assert!(matches!(
+            nan_as_null(b"[1, 2]"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 }
