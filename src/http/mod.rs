@@ -59,10 +59,13 @@ impl HttpServer {
         let readiness = state.readiness.clone();
         // Bodies are read by `body::read` within each route's own limit; axum's default
         // limit would only add a second, smaller one.
+        // CORS as the original service had it (flask-cors with its defaults: any origin, any
+        // method and header, preflight answered), so browser clients keep working.
         let router = Router::new()
             .merge(rest::routes())
             .merge(v2::routes())
             .layer(DefaultBodyLimit::disable())
+            .layer(tower_http::cors::CorsLayer::permissive())
             .with_state(state);
         readiness.set(HTTP_CONDITION, false);
         tracing::info!(%local_addr, "HTTP listening");

@@ -552,6 +552,34 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
     app.handle.shutdown().await.unwrap();
 }
 
+/// Browser clients of the original (flask-cors) keep working: a preflight is answered and
+/// answers allow any origin.
+#[tokio::test]
+async fn cors_is_open_as_the_originals_was() {
+    let app = spawn_app().await;
+    let client = Client::new();
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, app.url("/predict"))
+        .header("Origin", "https://lender.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let resp = client
+        .post(app.url("/predict"))
+        .header("Origin", "https://lender.example")
+        .json(&original_example())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    app.handle.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_http_port_stops_with_the_server() {
     let app = spawn_app().await;
