@@ -9,8 +9,19 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "cra", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object per
+    /// line, for log shippers).
+    #[arg(long, global = true, env = "CRA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,6 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = cra::config::Cli::parse();
-    cra::telemetry::init();
+    cra::telemetry::init(cli.log_format);
     cra::cli::run(cli)
 }
