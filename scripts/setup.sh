@@ -34,6 +34,7 @@ command -v psql >/dev/null || need_apt+=(postgresql-client)
 if [ "${1:-}" = "--test" ]; then
   command -v h2load >/dev/null || need_apt+=(nghttp2-client)
   command -v curl >/dev/null || need_apt+=(curl)
+  command -v promtool >/dev/null || need_apt+=(prometheus)
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v npm >/dev/null || need_apt+=(npm)
   python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)

@@ -10,6 +10,7 @@
 //! - [`decision_log`]: every decision recorded in PostgreSQL (COPY writer, spool, migrations);
 //! - [`admission`]: the one concurrency limit every transport admits its calls through;
 //! - [`readiness`]: the SERVING / NOT_SERVING state the transports publish;
+//! - [`monitoring`]: Prometheus metrics (`GET /metrics` on the HTTP port);
 //! - [`offline`]: `cra score`, a Parquet file scored through the same core;
 //! - [`data`]: Parquet and CSV files of applications;
 //! - [`training`]: the split, the metrics and (feature `trainer`) the libxgboost trainer;
@@ -26,6 +27,7 @@ pub mod data;
 pub mod decision_log;
 pub mod grpc;
 pub mod http;
+pub mod monitoring;
 pub mod offline;
 pub mod readiness;
 pub mod report;

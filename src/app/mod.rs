@@ -184,6 +184,7 @@ impl AppBuilder {
                 max_batch_bytes: config.max_message_bytes,
                 max_batch_items: config.max_batch_items,
                 request_timeout: config.request_timeout,
+                decision_log: decision_log.clone(),
             }),
         );
         let grpc = GrpcServer::bind(

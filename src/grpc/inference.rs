@@ -17,7 +17,7 @@ use super::{
         model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
         model_metadata_response::TensorMetadata,
     },
-    service::{grpc_timeout, request_id, set_request_id, GrpcState},
+    service::{grpc_timeout, record_call, request_id, set_request_id, GrpcState},
     status::ServeError,
 };
 use crate::{
@@ -235,6 +235,18 @@ impl GrpcInferenceService for Inference {
         request: Request<ip::ModelInferRequest>,
     ) -> Result<Response<ip::ModelInferResponse>, Status> {
         let started = Instant::now();
+        let answer = self.infer(request, started).await;
+        record_call("ModelInfer", &answer, started);
+        answer
+    }
+}
+
+impl Inference {
+    async fn infer(
+        &self,
+        request: Request<ip::ModelInferRequest>,
+        started: Instant,
+    ) -> Result<Response<ip::ModelInferResponse>, Status> {
         let received_at = SystemTime::now();
         let state = &*self.state;
         let _permit = state.admission.admit()?;

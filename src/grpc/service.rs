@@ -102,6 +102,61 @@ impl CreditRisk {
     }
 }
 
+impl CreditRisk {
+    async fn score_call(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
+        let started = Instant::now();
+        let received_at = SystemTime::now();
+        let state = &*self.state;
+        let _permit = state.admit()?;
+        let request_id = request_id(request.metadata());
+        let timeout = grpc_timeout(request.metadata())
+            .map_or(state.request_timeout, |t| t.min(state.request_timeout));
+        let ctx = CallContext {
+            request_id: &request_id,
+            rpc: Rpc::Unary,
+            peer: request.remote_addr(),
+            received_at,
+            started,
+            deadline: Some((started + timeout, timeout)),
+        };
+        let request = request.into_inner();
+        let asked = request.explain;
+        let input = request.application.map(input_from_pb);
+        let answer = state.scorer.score(&ctx, input.as_ref(), asked)?;
+        let model = answer.model();
+        let score = risk_score_to_pb(
+            &answer.decision,
+            &ScoreContext {
+                request_id: &request_id,
+                application_id: input.as_ref().map_or("", |a| a.application_id.as_str()),
+                decision_id: &decision_id_str(answer.decision_id),
+                model_version: model.bundle.version(),
+                model_role: model.role,
+                explanation: answer.explanation.as_ref(),
+                processing_time: started.elapsed(),
+                scored_at: SystemTime::now(),
+            },
+        );
+        state.metrics.record_unary(started.elapsed());
+        tracing::debug!(%request_id, risk_score = answer.decision.risk_score, "scored");
+        let mut resp = Response::new(pb::ScoreResponse { score: Some(score) });
+        set_request_id(&mut resp, &request_id);
+        Ok(resp)
+    }
+}
+
+/// Counts a gRPC call in `cra_requests_total` and `cra_request_duration_seconds`.
+pub(crate) fn record_call<T>(rpc: &str, answer: &Result<T, Status>, started: Instant) {
+    let code = match answer {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    crate::monitoring::request("grpc", rpc, &format!("{code:?}"), started.elapsed());
+}
+
 /// The caller's request id when it is usable as one, else a new UUID v7.
 pub(crate) fn request_id(md: &MetadataMap) -> String {
     md.get(REQUEST_ID_HEADER)
@@ -151,43 +206,9 @@ impl CreditRiskService for CreditRisk {
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let started = Instant::now();
-        let received_at = SystemTime::now();
-        let state = &*self.state;
-        let _permit = state.admit()?;
-        let request_id = request_id(request.metadata());
-        let timeout = grpc_timeout(request.metadata())
-            .map_or(state.request_timeout, |t| t.min(state.request_timeout));
-        let ctx = CallContext {
-            request_id: &request_id,
-            rpc: Rpc::Unary,
-            peer: request.remote_addr(),
-            received_at,
-            started,
-            deadline: Some((started + timeout, timeout)),
-        };
-        let request = request.into_inner();
-        let asked = request.explain;
-        let input = request.application.map(input_from_pb);
-        let answer = state.scorer.score(&ctx, input.as_ref(), asked)?;
-        let model = answer.model();
-        let score = risk_score_to_pb(
-            &answer.decision,
-            &ScoreContext {
-                request_id: &request_id,
-                application_id: input.as_ref().map_or("", |a| a.application_id.as_str()),
-                decision_id: &decision_id_str(answer.decision_id),
-                model_version: model.bundle.version(),
-                model_role: model.role,
-                explanation: answer.explanation.as_ref(),
-                processing_time: started.elapsed(),
-                scored_at: SystemTime::now(),
-            },
-        );
-        state.metrics.record_unary(started.elapsed());
-        tracing::debug!(%request_id, risk_score = answer.decision.risk_score, "scored");
-        let mut resp = Response::new(pb::ScoreResponse { score: Some(score) });
-        set_request_id(&mut resp, &request_id);
-        Ok(resp)
+        let answer = self.score_call(request).await;
+        record_call("Score", &answer, started);
+        answer
     }
 
     type ScoreBatchStream = BatchAnswers;
@@ -211,9 +232,12 @@ impl CreditRiskService for CreditRisk {
             deadline,
             tx,
         };
+        let stream_started = Instant::now();
         tokio::spawn(async move {
             let _permits = permits;
-            if let Err(status) = job.run(inbound).await {
+            let ended = job.run(inbound).await;
+            record_call("ScoreBatch", &ended, stream_started);
+            if let Err(status) = ended {
                 // Sent before the job and its sender are dropped: the answers end with it.
                 let _ = end_tx.send(status);
             }

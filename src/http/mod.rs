@@ -40,6 +40,57 @@ pub struct HttpState {
     pub max_batch_items: usize,
     /// How long a request may take (`--request-timeout`).
     pub request_timeout: Duration,
+    /// The decision log, for its gauges at `/metrics` (`None` when off or replaced in tests).
+    pub decision_log: Option<crate::decision_log::DecisionLog>,
+}
+
+/// Counts each routed call and its time in `cra_requests_total` and
+/// `cra_request_duration_seconds`: transport `v2` for the Open Inference Protocol's routes,
+/// `rest` for the others; the route's template as the `rpc`.
+async fn track(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    if route != "/metrics" {
+        let transport = if route.starts_with("/v2") {
+            "v2"
+        } else {
+            "rest"
+        };
+        crate::monitoring::request(transport, &route, resp.status().as_str(), started.elapsed());
+    }
+    resp
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<HttpState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let models = state.scorer.models();
+    let reloads = state.scorer.registry().status();
+    match crate::monitoring::render(&models, &reloads, state.decision_log.as_ref()) {
+        Some(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are unavailable: another metrics recorder was installed in this process\n",
+        )
+            .into_response(),
+    }
 }
 
 /// A bound, not yet running HTTP server.
@@ -64,6 +115,8 @@ impl HttpServer {
         let router = Router::new()
             .merge(rest::routes())
             .merge(v2::routes())
+            .route("/metrics", axum::routing::get(metrics))
+            .route_layer(axum::middleware::from_fn(track))
             .layer(DefaultBodyLimit::disable())
             .layer(tower_http::cors::CorsLayer::permissive())
             .with_state(state);

@@ -260,6 +260,25 @@ impl Scorer {
                 explanation: explanation.as_ref(),
             })?;
         }
+        let member_of = &set.live[member];
+        match &scored {
+            Ok((_, d)) => {
+                crate::monitoring::decisions(bundle.version(), member_of.role.as_str(), "ok", 1);
+                let level = |l| u64::from(d.risk_level == l);
+                crate::monitoring::risk_levels(
+                    level(cra_model::RiskLevel::Low),
+                    level(cra_model::RiskLevel::Medium),
+                    level(cra_model::RiskLevel::High),
+                    u64::from(explanation.is_some()),
+                );
+            }
+            Err(_) => crate::monitoring::decisions(
+                bundle.version(),
+                member_of.role.as_str(),
+                "invalid",
+                1,
+            ),
+        }
         let (application, decision) = scored.map_err(ScoreError::InvalidArgument)?;
         if !set.shadows.is_empty() {
             if let Some(input) = input {
@@ -441,6 +460,7 @@ impl Scorer {
             );
             recorder.record_chunk(&records)?;
         }
+        count_decisions(set, items);
         if !set.shadows.is_empty() {
             let work = inputs
                 .iter()
@@ -495,6 +515,7 @@ impl Scorer {
                 );
                 recorder.record_chunk(&records)?;
             }
+            count_decisions(&set, &items);
             return Err(ScoreError::InvalidItems(
                 items
                     .into_iter()
@@ -522,6 +543,39 @@ impl Scorer {
             decision_ids,
         })
     }
+}
+
+/// Counts the decisions of a batch in the metrics: by model and outcome, by risk level, and
+/// the explanations (refused items count as `invalid` under the model they were routed to).
+fn count_decisions(set: &ModelSet, items: &[Item]) {
+    let mut ok = vec![0u64; set.live.len()];
+    let (mut invalid, mut levels, mut explained) = (0u64, [0u64; 3], 0u64);
+    for item in items {
+        match item {
+            Item::Scored {
+                member,
+                decision,
+                explanation,
+                ..
+            } => {
+                ok[*member] += 1;
+                levels[decision.risk_level as usize] += 1;
+                explained += u64::from(explanation.is_some());
+            }
+            Item::Invalid(_) => invalid += 1,
+        }
+    }
+    for (m, n) in set.live.iter().zip(ok) {
+        crate::monitoring::decisions(m.bundle.version(), m.role.as_str(), "ok", n);
+    }
+    let champion = set.champion();
+    crate::monitoring::decisions(
+        champion.bundle.version(),
+        champion.role.as_str(),
+        "invalid",
+        invalid,
+    );
+    crate::monitoring::risk_levels(levels[0], levels[1], levels[2], explained);
 }
 
 /// A batch scored by [`Scorer::score_all`]: every item is [`Item::Scored`].

@@ -1,0 +1,222 @@
+//! Prometheus metrics, `GET /metrics` on the HTTP port. Call sites use the `metrics` facade;
+//! the one process-wide recorder is `metrics-exporter-prometheus`'s, rendered on each scrape
+//! with the gauges read at that moment (the decision log, the models, the process).
+//!
+//! Names follow Prometheus' conventions, each prefixed `cra_`, with its unit:
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `cra_requests_total` | counter | `transport` (grpc, rest, v2), `rpc`, `code` |
+//! | `cra_request_duration_seconds` | histogram | `transport`, `rpc` |
+//! | `cra_decisions_total` | counter | `model_version`, `role`, `outcome` (ok, invalid) |
+//! | `cra_decisions_by_risk_level_total` | counter | `risk_level` |
+//! | `cra_explanations_total` | counter | |
+//! | `cra_decision_log_*` | gauges | rows written, replayed, set aside, refused, lost; spool bytes; database up |
+//! | `cra_model_info` | gauge (1) | `model_version`, `role` |
+//! | `cra_model_reloads_total` | counter | `result` (ok, failed) |
+//! | `cra_process_resident_memory_bytes`, `cra_process_open_fds`, `cra_process_threads` | gauges | |
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    decision_log::DecisionLog,
+    scoring::{registry::ReloadStatus, ModelSet},
+};
+
+/// Bucket bounds of `cra_request_duration_seconds`: 10 µs to 10 s.
+const DURATION_BUCKETS: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's recorder, installed on first use. `None` when another recorder was installed
+/// first (by an embedding program); the metrics then go there and `/metrics` says so.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("cra_request_duration_seconds".into()),
+                    &DURATION_BUCKETS,
+                )
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!("Prometheus metrics unavailable: {e}"))
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_counter!(
+        "cra_requests_total",
+        "Calls answered, by transport, RPC or route, and status code."
+    );
+    describe_histogram!(
+        "cra_request_duration_seconds",
+        Unit::Seconds,
+        "Server-side time of a call, from its arrival at the handler to its answer."
+    );
+    describe_counter!(
+        "cra_decisions_total",
+        "Decisions made, by model version, role and outcome."
+    );
+    describe_counter!(
+        "cra_decisions_by_risk_level_total",
+        "Scored decisions by risk level."
+    );
+    describe_counter!(
+        "cra_explanations_total",
+        "Explanations (TreeSHAP and reasons) computed."
+    );
+    describe_counter!("cra_model_reloads_total", "Model reloads, by result.");
+    describe_gauge!(
+        "cra_model_info",
+        "1 for each model loaded, with its version and role."
+    );
+    describe_gauge!(
+        "cra_decision_log_rows_written",
+        "Rows committed to PostgreSQL since start."
+    );
+    describe_gauge!(
+        "cra_decision_log_rows_replayed",
+        "Rows replayed from the spool since start."
+    );
+    describe_gauge!(
+        "cra_decision_log_rows_set_aside",
+        "Rows PostgreSQL refused, kept aside, since start."
+    );
+    describe_gauge!(
+        "cra_decision_log_rows_refused",
+        "Decisions refused because they could not be recorded, since start."
+    );
+    describe_gauge!(
+        "cra_decision_log_rows_lost",
+        "Accepted decisions lost; must stay 0."
+    );
+    describe_gauge!(
+        "cra_decision_log_spool_bytes",
+        Unit::Bytes,
+        "Bytes waiting in the spool."
+    );
+    describe_gauge!(
+        "cra_decision_log_database_up",
+        "1 when PostgreSQL takes the decision log's writes."
+    );
+    describe_gauge!(
+        "cra_process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!(
+        "cra_process_open_fds",
+        "Open file descriptors of the process."
+    );
+    describe_gauge!("cra_process_threads", "Threads of the process.");
+}
+
+/// One call answered.
+pub fn request(transport: &'static str, rpc: &str, code: &str, elapsed: Duration) {
+    if handle().is_none() {
+        return;
+    }
+    counter!(
+        "cra_requests_total",
+        "transport" => transport,
+        "rpc" => rpc.to_owned(),
+        "code" => code.to_owned()
+    )
+    .increment(1);
+    histogram!("cra_request_duration_seconds", "transport" => transport, "rpc" => rpc.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// `n` decisions of one model, role and outcome.
+pub fn decisions(model_version: &str, role: &'static str, outcome: &'static str, n: u64) {
+    if n == 0 || handle().is_none() {
+        return;
+    }
+    counter!(
+        "cra_decisions_total",
+        "model_version" => model_version.to_owned(),
+        "role" => role,
+        "outcome" => outcome
+    )
+    .increment(n);
+}
+
+/// Scored decisions by risk level, and the explanations computed.
+pub fn risk_levels(low: u64, medium: u64, high: u64, explanations: u64) {
+    if handle().is_none() {
+        return;
+    }
+    for (level, n) in [("low", low), ("medium", medium), ("high", high)] {
+        if n > 0 {
+            counter!("cra_decisions_by_risk_level_total", "risk_level" => level).increment(n);
+        }
+    }
+    if explanations > 0 {
+        counter!("cra_explanations_total").increment(explanations);
+    }
+}
+
+/// `/proc/self`'s resident memory, open file descriptors and threads (Linux).
+fn process_gauges() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status.lines() {
+            let mut parts = line.split_whitespace();
+            match (
+                parts.next(),
+                parts.next().and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                (Some("VmRSS:"), Some(kib)) => {
+                    gauge!("cra_process_resident_memory_bytes").set(kib * 1024.0)
+                }
+                (Some("Threads:"), Some(n)) => gauge!("cra_process_threads").set(n),
+                _ => {}
+            }
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!("cra_process_open_fds").set(fds.count() as f64);
+    }
+}
+
+/// The text exposition of every metric, with the gauges read now.
+pub fn render(
+    models: &ModelSet,
+    reloads: &ReloadStatus,
+    decision_log: Option<&DecisionLog>,
+) -> Option<String> {
+    let handle = handle()?;
+    counter!("cra_model_reloads_total", "result" => "ok").absolute(reloads.reloads);
+    counter!("cra_model_reloads_total", "result" => "failed").absolute(reloads.refusals);
+    for m in models.members() {
+        gauge!("cra_model_info", "model_version" => m.bundle.version().to_owned(), "role" => m.role.as_str())
+            .set(1.0);
+    }
+    if let Some(log) = decision_log.filter(|l| l.is_enabled()) {
+        let s = log.stats();
+        gauge!("cra_decision_log_rows_written").set(s.written as f64);
+        gauge!("cra_decision_log_rows_replayed").set(s.replayed as f64);
+        gauge!("cra_decision_log_rows_set_aside").set(s.set_aside as f64);
+        gauge!("cra_decision_log_rows_refused").set(s.refused as f64);
+        gauge!("cra_decision_log_rows_lost").set(s.lost as f64);
+        gauge!("cra_decision_log_spool_bytes").set(log.spool_bytes() as f64);
+        gauge!("cra_decision_log_database_up").set(if log.status().database_up {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    process_gauges();
+    handle.run_upkeep();
+    Some(handle.render())
+}
