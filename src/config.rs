@@ -176,6 +176,10 @@ pub struct ServeConfig {
     /// decisions keep their explanation in the decision log.
     #[arg(long, env = "CRA_EXPLAIN", default_value = "declined", value_parser = clap::value_parser!(crate::scoring::ExplainPolicy))]
     pub explain: crate::scoring::ExplainPolicy,
+    /// Prometheus metrics at GET /metrics on the HTTP port; `false` turns them off (the route
+    /// then answers 503).
+    #[arg(long, env = "CRA_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
     /// Watch the models file and reload when it changes (SIGHUP reloads either way).
     #[arg(long, env = "CRA_WATCH_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_models: bool,

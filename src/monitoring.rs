@@ -15,7 +15,13 @@
 //! | `cra_model_info` | gauge (1) | `model_version`, `role` |
 //! | `cra_model_reloads_total` | counter | `result` (ok, failed) |
 //! | `cra_process_resident_memory_bytes`, `cra_process_open_fds`, `cra_process_threads` | gauges | |
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
+    time::Duration,
+};
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
@@ -33,9 +39,19 @@ const DURATION_BUCKETS: [f64; 19] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process's recorder, installed on first use. `None` when another recorder was installed
-/// first (by an embedding program); the metrics then go there and `/metrics` says so.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the metrics on or off for the process (`--metrics`); on by default.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// The process's recorder, installed on first use. `None` when the metrics are off, or when
+/// another recorder was installed first (by an embedding program).
 pub fn handle() -> Option<&'static PrometheusHandle> {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {

@@ -115,6 +115,7 @@ impl AppBuilder {
             listener,
         } = self;
         let checked = grpc::check_limits(&config)?;
+        crate::monitoring::set_enabled(config.metrics);
         let listener = match listener {
             Some(l) => l,
             None => grpc::bind_listener(config.listen).await?,

@@ -87,7 +87,7 @@ async fn metrics(
             .into_response(),
         None => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "metrics are unavailable: another metrics recorder was installed in this process\n",
+            "metrics are off (--metrics false), or another metrics recorder was installed in this process\n",
         )
             .into_response(),
     }
