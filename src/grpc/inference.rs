@@ -23,7 +23,7 @@ use super::{
 use crate::{
     readiness::Readiness,
     scoring::{CallContext, Delivery, Rpc},
-    v2::{self, tensor::element_count, Data, DataType, InputTensor, OutputTensor},
+    v2::{self, tensor, Data, DataType, InputTensor, OutputTensor},
 };
 use cra_model::FieldViolation;
 
@@ -95,22 +95,12 @@ fn tensors_from_pb(
     for t in inputs {
         let name = crate::http::body::truncate(&t.name, 64).to_owned();
         let raw_bytes = raw.next();
-        let Some(count) = element_count(&t.shape) else {
-            violations.push(FieldViolation::new(
-                name,
-                format!("has shape {:?}; dimensions must be 0 or more", t.shape),
-            ));
-            continue;
-        };
-        let Some(datatype) = DataType::parse(&t.datatype) else {
-            violations.push(FieldViolation::new(
-                name,
-                format!(
-                    "has datatype {:?}, which is not a datatype of the protocol",
-                    crate::http::body::truncate(&t.datatype, 32)
-                ),
-            ));
-            continue;
+        let (datatype, count) = match tensor::header(&t.datatype, &t.shape) {
+            Ok(h) => h,
+            Err(why) => {
+                violations.push(FieldViolation::new(name, why));
+                continue;
+            }
         };
         let data = match raw_bytes {
             Some(bytes) => {

@@ -196,7 +196,9 @@ struct PredictResponse<'a> {
     request_id: &'a str,
 }
 
-fn with_request_id(mut resp: Response, request_id: &str) -> Response {
+/// A handler's answer or error as the response, carrying the request id.
+pub fn answered<E: IntoResponse>(answer: Result<Response, E>, request_id: &str) -> Response {
+    let mut resp = answer.unwrap_or_else(IntoResponse::into_response);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -235,7 +237,7 @@ async fn predict(
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id(&headers);
-    let resp = match predict_one(
+    let answer = predict_one(
         &state,
         peer,
         query.explain,
@@ -244,12 +246,8 @@ async fn predict(
         &request_id,
         started,
     )
-    .await
-    {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    };
-    with_request_id(resp, &request_id)
+    .await;
+    answered(answer, &request_id)
 }
 
 async fn predict_one(
@@ -314,7 +312,7 @@ async fn predict_batch(
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id(&headers);
-    let resp = match predict_many(
+    let answer = predict_many(
         &state,
         peer,
         query.explain,
@@ -323,12 +321,8 @@ async fn predict_batch(
         &request_id,
         started,
     )
-    .await
-    {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    };
-    with_request_id(resp, &request_id)
+    .await;
+    answered(answer, &request_id)
 }
 
 /// The applications of a batch body, each read as `/predict` reads one.

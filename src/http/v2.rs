@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     scoring::{CallContext, Delivery, Rpc, ScoreError},
-    v2::{self, tensor::element_count, Data, DataType, InputTensor},
+    v2::{self, tensor, Data, DataType, InputTensor},
 };
 use cra_model::FieldViolation;
 
@@ -341,22 +341,12 @@ fn tensors(inputs: Vec<InferInput>, binary: &[u8]) -> Result<Vec<InputTensor>, S
     let mut offset = 0usize;
     for t in inputs {
         let name = body::truncate(&t.name, 64).to_owned();
-        let Some(count) = element_count(&t.shape) else {
-            violations.push(FieldViolation::new(
-                name,
-                format!("has shape {:?}; dimensions must be 0 or more", t.shape),
-            ));
-            continue;
-        };
-        let Some(datatype) = DataType::parse(&t.datatype) else {
-            violations.push(FieldViolation::new(
-                name,
-                format!(
-                    "has datatype {:?}, which is not a datatype of the protocol",
-                    body::truncate(&t.datatype, 32)
-                ),
-            ));
-            continue;
+        let (datatype, count) = match tensor::header(&t.datatype, &t.shape) {
+            Ok(h) => h,
+            Err(why) => {
+                violations.push(FieldViolation::new(name, why));
+                continue;
+            }
         };
         let binary_size = t.parameters.get("binary_data_size").and_then(Value::as_u64);
         let data = match (binary_size, &t.data) {

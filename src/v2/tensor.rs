@@ -214,6 +214,20 @@ pub struct OutputTensor {
     pub data: Data,
 }
 
+/// A tensor's declared datatype and shape, checked: its datatype and element count, or what
+/// is wrong with them (for a violation naming the tensor).
+pub fn header(datatype: &str, shape: &[i64]) -> Result<(DataType, usize), String> {
+    let count = element_count(shape)
+        .ok_or_else(|| format!("has shape {shape:?}; dimensions must be 0 or more"))?;
+    let datatype = DataType::parse(datatype).ok_or_else(|| {
+        format!(
+            "has datatype {:?}, which is not a datatype of the protocol",
+            crate::http::body::truncate(datatype, 32)
+        )
+    })?;
+    Ok((datatype, count))
+}
+
 /// The element count of a shape; `None` for a negative dimension or an overflow.
 pub fn element_count(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, d| {
