@@ -11,7 +11,7 @@
 //! | `cra_decisions_total` | counter | `model_version`, `role`, `outcome` (ok, invalid) |
 //! | `cra_decisions_by_risk_level_total` | counter | `risk_level` |
 //! | `cra_explanations_total` | counter | |
-//! | `cra_decision_log_*` | gauges | rows written, replayed, set aside, refused, lost; spool bytes; database up |
+//! | `cra_decision_log_*` | gauges | rows written, replayed, set aside, refused, lost; spool bytes and segments; queue depth; oldest unrecorded age; database up |
 //! | `cra_model_info` | gauge (1) | `model_version`, `role` |
 //! | `cra_model_reloads_total` | counter | `result` (ok, failed) |
 //! | `cra_process_resident_memory_bytes`, `cra_process_open_fds`, `cra_process_threads` | gauges | |
@@ -123,6 +123,19 @@ fn describe() {
         "Bytes waiting in the spool."
     );
     describe_gauge!(
+        "cra_decision_log_spool_segments",
+        "Segment files in the spool."
+    );
+    describe_gauge!(
+        "cra_decision_log_queue_depth",
+        "Decisions in the in-memory queue, waiting for a writer."
+    );
+    describe_gauge!(
+        "cra_decision_log_oldest_unrecorded_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest accepted decision not yet committed to PostgreSQL; 0 when none waits."
+    );
+    describe_gauge!(
         "cra_decision_log_database_up",
         "1 when PostgreSQL takes the decision log's writes."
     );
@@ -226,6 +239,10 @@ pub fn render(
         gauge!("cra_decision_log_rows_refused").set(s.refused as f64);
         gauge!("cra_decision_log_rows_lost").set(s.lost as f64);
         gauge!("cra_decision_log_spool_bytes").set(log.spool_bytes() as f64);
+        gauge!("cra_decision_log_spool_segments").set(log.spool_segments() as f64);
+        gauge!("cra_decision_log_queue_depth").set(log.queue_depth() as f64);
+        gauge!("cra_decision_log_oldest_unrecorded_age_seconds")
+            .set(log.oldest_unrecorded_age().as_secs_f64());
         gauge!("cra_decision_log_database_up").set(if log.status().database_up {
             1.0
         } else {

@@ -181,6 +181,9 @@ struct Inner {
     /// Segments holding records that may not be in PostgreSQL: they must be replayed. Segments
     /// that are neither pending nor dirty hold only committed records and are just deleted.
     dirty: BTreeSet<u64>,
+    /// Since when each segment has held a record that may not be in PostgreSQL (pending or
+    /// dirty): the age of the oldest unrecorded decision is the age of the oldest entry.
+    unrecorded_since: HashMap<u64, Instant>,
     /// No more writes (after [`Spool::close`]).
     closed: bool,
     /// The background threads stop.
@@ -612,9 +615,8 @@ fn frame_at(data: &[u8], pos: usize) -> Option<usize> {
 /// field count) or like the older record codec (its version, 1).
 fn plausible_frame(data: &[u8], pos: usize) -> bool {
     let fields = (copy_row::COLUMNS.len() as i16).to_be_bytes();
-    let legacy = copy_row::LEGACY_FIELDS.to_be_bytes();
     match data.get(pos + FRAME_HEADER..pos + FRAME_HEADER + 2) {
-        Some(p) => p == fields || p == legacy || p[0] == 1,
+        Some(p) => p == fields || copy_row::is_legacy(p) || p[0] == 1,
         None => false,
     }
 }
@@ -673,13 +675,14 @@ pub fn decode_segment(data: &[u8]) -> SegmentContents {
         };
         let frame = &data[pos..pos + FRAME_HEADER + len];
         let payload = &frame[FRAME_HEADER..];
-        // A row starts with its field count (0x00 0x29; 0x00 0x27 before V5); the older codec
+        // A row starts with its field count (0x00 0x2b; 0x00 0x2a before V7, 0x00 0x27 before
+        // V5); the older codec
         // with its version (1).
         let converted = if payload.first() == Some(&1) {
             codec::decode(payload)
                 .map(|r| out.frames.push(|b| copy_row::encode(&r, b)))
                 .map_err(|e| e.to_string())
-        } else if payload.get(..2) == Some(&copy_row::LEGACY_FIELDS.to_be_bytes()[..]) {
+        } else if copy_row::is_legacy(payload) {
             let mut row = Vec::with_capacity(payload.len() + 16);
             copy_row::upgrade_legacy(payload, &mut row)
                 .map(|()| out.frames.push(|b| b.extend_from_slice(&row)))
@@ -775,6 +778,7 @@ impl Spool {
         fs::create_dir_all(&cfg.dir).map_err(io_err(&cfg.dir))?;
         let lock_file = take_lock(&cfg.dir)?;
         let mut sealed = BTreeMap::new();
+        let mut unrecorded_since = HashMap::new();
         let mut total = 0;
         for entry in fs::read_dir(&cfg.dir).map_err(io_err(&cfg.dir))? {
             let entry = entry.map_err(io_err(&cfg.dir))?;
@@ -791,9 +795,18 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            let len = entry.metadata().map_err(io_err(&path))?.len();
+            let meta = entry.metadata().map_err(io_err(&path))?;
+            let len = meta.len();
             total += len;
             sealed.insert(seq, len);
+            // An earlier run's records: unrecorded since the segment was last written.
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .unwrap_or_default();
+            let now = Instant::now();
+            unrecorded_since.insert(seq, now.checked_sub(age).unwrap_or(now));
         }
         let next_seq = sealed.keys().next_back().map_or(1, |s| s + 1);
         // Whatever an earlier run left behind is replayed (idempotently).
@@ -811,6 +824,7 @@ impl Spool {
                 sealed,
                 pending: HashMap::new(),
                 dirty,
+                unrecorded_since,
                 closed: false,
                 stopping: false,
             }),
@@ -939,7 +953,29 @@ impl Spool {
         }
         if !committed {
             inner.dirty.insert(seq);
+        } else if !inner.pending.contains_key(&seq) && !inner.dirty.contains(&seq) {
+            inner.unrecorded_since.remove(&seq);
         }
+    }
+
+    /// How long the oldest decision not yet known to be in PostgreSQL has waited: `None`
+    /// when every journaled decision is committed.
+    pub fn oldest_unrecorded_age(&self) -> Option<Duration> {
+        let inner = self.core.lock();
+        inner
+            .unrecorded_since
+            .values()
+            .min()
+            .map(|since| since.elapsed())
+    }
+
+    /// Segment files on disk: the sealed ones and the active one.
+    pub fn segments(&self) -> usize {
+        let inner = self.core.lock();
+        inner.sealed.len()
+            + inner.to_seal.len()
+            + inner.sealing
+            + usize::from(inner.active.is_some())
     }
 
     /// Sealed segments without pending records, oldest first, each with whether it must be
@@ -1031,6 +1067,10 @@ impl Spool {
             a.put(&buf[at..end]);
             at = end;
             let seq = a.seq;
+            inner
+                .unrecorded_since
+                .entry(seq)
+                .or_insert_with(Instant::now);
             if journaled {
                 *inner.pending.entry(seq).or_insert(0) += count;
             } else {
@@ -1178,6 +1218,7 @@ impl Spool {
             self.core.bytes.fetch_sub(len, Ordering::Relaxed);
         }
         inner.dirty.remove(&seq);
+        inner.unrecorded_since.remove(&seq);
         Ok(to)
     }
 
@@ -1201,6 +1242,7 @@ impl Spool {
             self.core.bytes.fetch_sub(len, Ordering::Relaxed);
         }
         inner.dirty.remove(&seq);
+        inner.unrecorded_since.remove(&seq);
         Ok(())
     }
 
@@ -1436,7 +1478,13 @@ mod tests {
 
     #[test]
     fn segments_in_the_older_record_codec_are_read_as_rows() {
-        let recs: Vec<_> = (0..4).map(sample).collect();
+        // The older codec predates trace ids.
+        let recs: Vec<_> = (0..4)
+            .map(|i| DecisionRow {
+                trace_id: None,
+                ..sample(i)
+            })
+            .collect();
         let mut seg = MAGIC.to_vec();
         for r in &recs {
             let mut payload = Vec::new();
@@ -1548,6 +1596,36 @@ mod tests {
         let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
         assert_eq!(s.settled_segments(), vec![(a, true), (b, true)]);
         assert_eq!(s.read_segment(a).unwrap().frames.len(), 2);
+    }
+
+    /// The age of the oldest decision not yet committed: none before any, growing while one
+    /// waits, none again once all are committed, and back (from the file's age) after a
+    /// restart finds a segment to replay.
+    #[test]
+    fn the_oldest_unrecorded_decision_is_tracked_until_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        assert_eq!(s.oldest_unrecorded_age(), None);
+        let frames = Frames::of_records(&[sample(0), sample(1)]);
+        let a = s.journal(&frames, u64::MAX).unwrap().last_segment();
+        let first = s.oldest_unrecorded_age().expect("two decisions wait");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(s.oldest_unrecorded_age().unwrap() >= first + Duration::from_millis(20));
+        s.resolve(a, 1, true);
+        assert!(s.oldest_unrecorded_age().is_some(), "one still waits");
+        s.resolve(a, 1, true);
+        assert_eq!(s.oldest_unrecorded_age(), None, "all committed");
+        assert!(s.segments() >= 1);
+        let b = s.journal(&frames, u64::MAX).unwrap().last_segment();
+        s.resolve(b, 2, false);
+        assert!(s.oldest_unrecorded_age().is_some(), "left to the replay");
+        drop(s);
+        let s = Spool::open(cfg(dir.path(), 1 << 20, 1 << 20)).unwrap();
+        assert!(s.oldest_unrecorded_age().is_some(), "found at restart");
+        for (seq, _) in s.settled_segments() {
+            s.remove_segment(seq).unwrap();
+        }
+        assert_eq!(s.oldest_unrecorded_age(), None, "replayed and removed");
     }
 
     #[test]

@@ -499,6 +499,32 @@ impl DecisionLog {
         self.inner.as_ref().map_or(0, |r| r.shared.spool.bytes())
     }
 
+    /// Segment files in the spool.
+    pub fn spool_segments(&self) -> usize {
+        self.inner.as_ref().map_or(0, |r| r.shared.spool.segments())
+    }
+
+    /// Decisions in the in-memory queue, waiting for a writer.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.as_ref().map_or(0, |r| {
+            r.queue
+                .batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pending
+                .len()
+        })
+    }
+
+    /// How long the oldest decision not yet committed to PostgreSQL has waited (zero when
+    /// all are committed).
+    pub fn oldest_unrecorded_age(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .and_then(|r| r.shared.spool.oldest_unrecorded_age())
+            .unwrap_or_default()
+    }
+
     /// Flushes the queue to PostgreSQL or, failing that, leaves it to the spool, stops the
     /// background tasks and closes the spool (releasing its directory's lock). Records passed
     /// to `record()` afterwards are refused with `Unavailable`.
