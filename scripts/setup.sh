@@ -88,3 +88,11 @@ if ! [ -x "$TOOLS/venv-http/bin/python" ] || ! "$TOOLS/venv-http/bin/python" -c 
   quiet python3 -m venv "$TOOLS/venv-http"
   quiet "$TOOLS/venv-http/bin/pip" install "tritonclient[grpc,http]" requests openapi-spec-validator numpy
 fi
+
+# An OTLP receiver for the traces test (tests/e2e_otel.py): opentelemetry-proto's TraceService
+# over grpcio, in a venv of its own (opentelemetry-proto pins an older protobuf).
+if ! [ -x "$TOOLS/venv-otel/bin/python" ] || ! "$TOOLS/venv-otel/bin/python" -c 'import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' 2>/dev/null; then
+  echo "setup: installing opentelemetry-proto and grpcio from PyPI"
+  quiet python3 -m venv "$TOOLS/venv-otel"
+  quiet "$TOOLS/venv-otel/bin/pip" install opentelemetry-proto grpcio
+fi

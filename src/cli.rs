@@ -4,10 +4,14 @@ use anyhow::Result;
 use crate::config::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Serve(cfg) = cli.command {
+        return crate::app::serve(*cfg, cli.log_format);
+    }
+    crate::telemetry::init(cli.log_format);
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::Train(args) => train(&args),
-        Command::Serve(cfg) => crate::app::serve(*cfg),
+        Command::Serve(_) => unreachable!("served above"),
         Command::Score(args) => score(&args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Migrate(args) => crate::decision_log::run_migrate_command(&args),

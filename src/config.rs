@@ -238,9 +238,57 @@ pub struct ServeConfig {
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the process exits.
     #[arg(long, env = "CRA_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: std::time::Duration,
+    /// OpenTelemetry traces.
+    #[command(flatten)]
+    pub traces: TracesArgs,
     /// The decision log (PostgreSQL, spool).
     #[command(flatten)]
     pub decision_log: DecisionLogArgs,
+}
+
+/// `cra serve`'s OpenTelemetry traces: one span per call, exported over OTLP/gRPC.
+#[derive(Debug, Clone, Args)]
+pub struct TracesArgs {
+    /// OTLP/gRPC collector to export spans to, e.g. http://otel-collector:4317 (also read from
+    /// OTEL_EXPORTER_OTLP_ENDPOINT); default: no export. Decisions record the trace id either
+    /// way when the caller sent a W3C traceparent.
+    #[arg(long = "otlp-endpoint", env = "CRA_OTLP_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1; a call with a traceparent follows its caller's
+    /// sampling decision.
+    #[arg(
+        long = "otlp-sample-ratio",
+        env = "CRA_OTLP_SAMPLE_RATIO",
+        default_value_t = 1.0
+    )]
+    pub sample_ratio: f64,
+    /// The service.name of the exported spans (also read from OTEL_SERVICE_NAME).
+    #[arg(
+        long = "otlp-service-name",
+        env = "CRA_OTLP_SERVICE_NAME",
+        default_value = "cra"
+    )]
+    pub service_name: String,
+}
+
+impl TracesArgs {
+    /// The exporter's settings, OpenTelemetry's standard variables filling what the flags
+    /// leave unset.
+    pub fn config(&self) -> crate::telemetry::traces::TracesConfig {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        crate::telemetry::traces::TracesConfig {
+            endpoint: self
+                .endpoint
+                .clone()
+                .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT")),
+            sample_ratio: self.sample_ratio,
+            service_name: if self.service_name == "cra" {
+                env("OTEL_SERVICE_NAME").unwrap_or_else(|| self.service_name.clone())
+            } else {
+                self.service_name.clone()
+            },
+        }
+    }
 }
 
 impl ServeConfig {

@@ -1,8 +1,7 @@
-//! The `cra` binary: parse the configuration, start telemetry, hand over to the library.
+//! The `cra` binary: parse the configuration, hand over to the library (which starts the logs:
+//! `cra serve` inside its runtime, where the trace exporter lives).
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let cli = cra::config::Cli::parse();
-    cra::telemetry::init(cli.log_format);
-    cra::cli::run(cli)
+    cra::cli::run(cra::config::Cli::parse())
 }

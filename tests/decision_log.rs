@@ -101,7 +101,9 @@ fn sample(i: u64) -> DecisionRow {
             format!(
                 r#"{{"base_margin":-1.25,"contributions":{{"age":0.{i},"credit_score":-0.5}},"reasons":[{{"code":"R13","description":"Age of applicant","features":["age"],"contribution":0.{i},"fifth_factor":false}}]}}"#
             )
-        }),
+        }),        // Some rows have a trace id; those of the "larger ids" (see the full-spool test) all do,
+        // so that none is smaller than a row that was refused.
+        trace_id: (i % 5 == 1 || i >= 1_000_000).then(|| format!("{:032x}", i + 1)),
     }
 }
 
@@ -126,7 +128,7 @@ async fn assert_stored_exactly(db: &TestDb, records: &[DecisionRow]) {
              received_at, decided_at, peer, model_version, age, income, credit_score, \
              debt_to_income, num_bankruptcies, employment_status, loan_purpose, margin, \
              risk_score, prediction, latency_us, outcome, violations, model_role, shadow_of, \
-             explanation FROM decisions",
+             explanation, trace_id FROM decisions",
             &[],
         )
         .await
@@ -198,6 +200,7 @@ async fn assert_stored_exactly(db: &TestDb, records: &[DecisionRow]) {
                 .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap()),
             "{ctx}"
         );
+        assert_eq!(row.get::<_, Option<String>>(26), rec.trace_id, "{ctx}");
         assert_eq!(row.get::<_, String>(21), rec.outcome.as_str(), "{ctx}");
         match &rec.outcome {
             Outcome::Scored(s) => {
@@ -274,7 +277,8 @@ async fn migrations_are_idempotent_and_partitions_exist() {
             "default_partition_upkeep",
             "decisions_set_aside",
             "model_roles_and_offline",
-            "explanations"
+            "explanations",
+            "trace_id"
         ],
         "{first:?}"
     );

@@ -8,7 +8,9 @@
 #      flask_stress_test.py, unchanged) against /predict, which must succeed for every request,
 #      then tests/e2e_http.py: the OpenAPI document through openapi-spec-validator, and
 #      tritonclient over gRPC and HTTP (raw and typed contents); the decision log must then hold
-#      their rows as rpc rest and v2.
+#      their rows as rpc rest and v2;
+#   4. traces: tests/e2e_otel.py, a real OTLP receiver (opentelemetry-proto's TraceService) fed by
+#      the server's --otlp-endpoint, with grpcurl and REST calls carrying W3C traceparents.
 #
 #   tests/e2e.sh [path/to/cra]      (default: target/debug/cra)
 # Needs scripts/setup.sh --test (grpcurl, the Python venv) and PostgreSQL at DATABASE_URL's server
@@ -24,6 +26,7 @@ PG=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_SERVER=${PG%/*}
 PY=${PYTHON:-.tools/venv/bin/python}
 HTTP_PY=${HTTP_PYTHON:-.tools/venv-http/bin/python}
+OTEL_PY=${OTEL_PYTHON:-.tools/venv-otel/bin/python}
 
 # The binary runs as built: no LD_LIBRARY_PATH (without the trainer it links no libxgboost; with
 # it, build.rs records libxgboost's folder as an rpath).
@@ -31,7 +34,7 @@ unset LD_LIBRARY_PATH
 
 WORK=$(mktemp -d)
 # One database per server; named here (not inside $(...), a subshell) so cleanup drops them.
-DBS=("cra_e2e_$$_grpcurl" "cra_e2e_$$_python" "cra_e2e_$$_http")
+DBS=("cra_e2e_$$_grpcurl" "cra_e2e_$$_python" "cra_e2e_$$_http" "cra_e2e_$$_otel")
 PID=""
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
@@ -99,4 +102,8 @@ v2=$(psql -tAq "$DB_URL" -c "SELECT count(*) FROM decisions WHERE rpc = 'v2'")
 [ "$rest" -eq 1100 ] || { echo "e2e.sh: expected 1100 rest rows, got $rest" >&2; exit 1; }
 [ "$v2" -eq 401 ] || { echo "e2e.sh: expected 401 v2 rows, got $v2" >&2; exit 1; }
 echo "ok: the decision log holds every REST and V2 decision ($rest rest, $v2 v2)"
+
+echo "-- traces: a real OTLP receiver"
+DB_URL=$(fresh_db otel)
+"$OTEL_PY" tests/e2e_otel.py --cra "$CRA" --database-url "$DB_URL" --grpcurl "$GRPCURL"
 echo "e2e.sh: all end-to-end checks passed"

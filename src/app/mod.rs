@@ -440,19 +440,27 @@ impl AppHandle {
 
 /// `cra serve`: builds the runtime and the application, serves until SIGINT/SIGTERM, drains,
 /// flushes the decision log (to PostgreSQL or the spool), exits.
-pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
+pub fn serve(config: ServeConfig, log_format: crate::config::LogFormat) -> anyhow::Result<()> {
     let threads = grpc::worker_threads(config.worker_threads);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    tracing::info!(worker_threads = threads, models = %config.model_source(), "starting cra serve");
     runtime.block_on(async {
-        App::build(config)
-            .await?
-            .run_until(grpc::shutdown_signal())
-            .await
+        // The logs, and the traces' exporter, whose gRPC channel lives on this runtime.
+        let traces = crate::telemetry::init_serving(log_format, &config.traces.config())?;
+        tracing::info!(worker_threads = threads, models = %config.model_source(), "starting cra serve");
+        let served = async {
+            App::build(config)
+                .await?
+                .run_until(grpc::shutdown_signal())
+                .await
+        }
+        .await;
+        // The last spans are sent whether serving ended well or not.
+        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+        served.map_err(anyhow::Error::from)
     })?;
     Ok(())
 }

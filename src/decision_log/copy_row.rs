@@ -66,12 +66,21 @@ pub const COLUMNS: &[(&str, Type)] = &[
     ("model_role", Type::TEXT),
     ("shadow_of", Type::UUID),
     ("explanation", Type::JSONB),
+    ("trace_id", Type::TEXT),
 ];
 
-const FIELDS: i16 = 42;
-/// Rows journaled before `model_role`, `shadow_of` and `explanation` existed (migrations V5 and
-/// V6) have the first 39 columns; they are read as the champion's live, unexplained decisions.
-pub const LEGACY_FIELDS: i16 = 39;
+const FIELDS: i16 = 43;
+/// Rows journaled by older builds: before `model_role`, `shadow_of` and `explanation` existed
+/// (migrations V5 and V6) they have the first 39 columns, and are read as the champion's live,
+/// unexplained decisions; before `trace_id` (V7), the first 42, read as decisions without a
+/// trace.
+pub const LEGACY_FIELDS: [i16; 2] = [39, 42];
+
+/// True when `row` starts with the field count of an older build's row.
+pub fn is_legacy(row: &[u8]) -> bool {
+    row.get(..2)
+        .is_some_and(|n| LEGACY_FIELDS.iter().any(|l| n == l.to_be_bytes()))
+}
 const _: () = assert!(COLUMNS.len() == FIELDS as usize);
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
@@ -144,6 +153,15 @@ impl W<'_> {
         match v {
             Some(s) => self.text(s),
             None => self.null(),
+        }
+    }
+    /// A trace id as text: 32 lowercase hex digits.
+    fn trace_id(&mut self, t: &crate::telemetry::traces::TraceId) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.0.extend_from_slice(&32i32.to_be_bytes());
+        for b in t.0 {
+            self.0.push(HEX[usize::from(b >> 4)]);
+            self.0.push(HEX[usize::from(b & 15)]);
         }
     }
     /// A value written by `f`, with its length filled in afterwards.
@@ -399,17 +417,22 @@ pub fn encode_view(r: &srv::DecisionRecord<'_>, out: &mut Vec<u8>) {
     w.text(r.role.as_str());
     w.opt_uuid(r.shadow_of.as_ref());
     w.explanation(r.explanation);
+    match r.trace_id {
+        Some(t) => w.trace_id(&t),
+        None => w.null(),
+    }
 }
 
-/// A row of [`LEGACY_FIELDS`] columns (journaled by an older build) as a row of today's
-/// columns: a live decision of the champion.
+/// A row of one of the [`LEGACY_FIELDS`] counts (journaled by an older build) as a row of
+/// today's columns, the missing ones filled as that build meant them: a live decision of the
+/// champion, unexplained, without a trace.
 pub fn upgrade_legacy(buf: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     let mut r = R(buf);
     let n = i16::from_be_bytes(r.take(2)?.try_into().expect("2 bytes"));
-    if n != LEGACY_FIELDS {
+    if !LEGACY_FIELDS.contains(&n) {
         return Err(DecodeError::FieldCount(n));
     }
-    for _ in 0..LEGACY_FIELDS {
+    for _ in 0..n {
         r.field()?;
     }
     if !r.0.is_empty() {
@@ -418,8 +441,11 @@ pub fn upgrade_legacy(buf: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> 
     let mut w = W(out);
     w.0.extend_from_slice(&FIELDS.to_be_bytes());
     w.0.extend_from_slice(&buf[2..]);
-    w.text("champion");
-    w.null();
+    if n == 39 {
+        w.text("champion");
+        w.null();
+        w.null();
+    }
     w.null();
     Ok(())
 }
@@ -482,6 +508,7 @@ pub fn encode(r: &DecisionRow, out: &mut Vec<u8>) {
     w.text(&r.model_role);
     w.opt_uuid(r.shadow_of.as_ref());
     w.opt_jsonb_text(r.explanation.as_deref());
+    w.opt_text(r.trace_id.as_deref());
 }
 
 /// Why a row could not be read back.
@@ -659,6 +686,7 @@ pub fn decode(buf: &[u8]) -> Result<DecisionRow, DecodeError> {
             )
         }
     };
+    let trace_id = r.opt_text()?;
     if !r.0.is_empty() {
         return Err(DecodeError::Invalid("trailing bytes"));
     }
@@ -703,6 +731,7 @@ pub fn decode(buf: &[u8]) -> Result<DecisionRow, DecodeError> {
         model_role,
         shadow_of,
         explanation,
+        trace_id,
     })
 }
 

@@ -183,6 +183,7 @@ mod tests {
             model_role: r.role.as_str().to_owned(),
             shadow_of: r.shadow_of,
             explanation: r.explanation.map(copy_row::explanation_json),
+            trace_id: r.trace_id.map(|t| t.to_string()),
         }
     }
 
@@ -239,6 +240,7 @@ mod tests {
                 decision: &decision,
             },
             explanation: None,
+            trace_id: None,
         };
         let explainer = model.explainer().unwrap();
         let explained = explainer.explain(model.preprocessor(), &app, &mut explainer.scratch());
@@ -280,6 +282,13 @@ mod tests {
                 explanation: Some(&explained),
                 ..base
             },
+            srv::DecisionRecord {
+                trace_id: Some(crate::scoring::TraceId([
+                    0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e,
+                    0x0e, 0x47, 0x36,
+                ])),
+                ..base
+            },
         ];
         for v in &views {
             let mut fast = Vec::new();
@@ -308,6 +317,11 @@ mod tests {
         assert_eq!(odd_row.peer.as_deref(), Some("[::1]:50123"));
         assert_eq!(odd_row.latency_us, 6);
         assert_eq!(
+            row(&views[6]).trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(row(&views[0]).trace_id, None);
+        assert_eq!(
             row(&views[0]).inputs.employment_status.as_deref(),
             Some("self_employed")
         );
@@ -329,7 +343,8 @@ mod tests {
         assert!(row(&views[0]).explanation.is_none());
     }
 
-    /// A row journaled by a build before V5 (39 columns) is read as a live champion decision.
+    /// A row journaled by a build before V5 (39 columns) is read as a live champion decision,
+    /// and one from before V7 (42 columns) as a decision without a trace.
     #[test]
     fn legacy_rows_are_upgraded() {
         let model = model();
@@ -353,16 +368,21 @@ mod tests {
                 decision: &decision,
             },
             explanation: None,
+            trace_id: None,
         };
         let mut today = Vec::new();
         copy_row::encode_view(&view, &mut today);
-        // The same row as the older build wrote it: 39 fields, without the last three.
-        let role_and_link = 4 + "champion".len() + 4 + 4;
-        let mut legacy = today[..today.len() - role_and_link].to_vec();
-        legacy[..2].copy_from_slice(&copy_row::LEGACY_FIELDS.to_be_bytes());
-        let mut upgraded = Vec::new();
-        copy_row::upgrade_legacy(&legacy, &mut upgraded).unwrap();
-        assert_eq!(upgraded, today);
+        // The same row as the older builds wrote it: 42 fields, without the trace id (NULL: 4
+        // bytes); 39 fields, without the role, the link and the explanation too.
+        for (fields, cut) in [(42i16, 4), (39, 4 + 4 + "champion".len() + 4 + 4)] {
+            let mut legacy = today[..today.len() - cut].to_vec();
+            legacy[..2].copy_from_slice(&fields.to_be_bytes());
+            assert!(copy_row::is_legacy(&legacy));
+            let mut upgraded = Vec::new();
+            copy_row::upgrade_legacy(&legacy, &mut upgraded).unwrap();
+            assert_eq!(upgraded, today, "{fields} fields");
+        }
+        assert!(!copy_row::is_legacy(&today));
         assert!(copy_row::upgrade_legacy(&today, &mut Vec::new()).is_err());
     }
 }

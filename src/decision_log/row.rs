@@ -128,6 +128,8 @@ pub struct DecisionRow {
     pub shadow_of: Option<Uuid>,
     /// The explanation's JSON (see `copy_row::explanation_json`), when it was explained.
     pub explanation: Option<String>,
+    /// The W3C trace id of the call (32 hex digits), when it had one.
+    pub trace_id: Option<String>,
 }
 
 /// A fresh decision id: UUID v7, so the id sorts by time and carries its creation instant.
@@ -405,6 +407,7 @@ pub(crate) mod codec {
             model_role: "champion".into(),
             shadow_of: None,
             explanation: None,
+            trace_id: None,
         })
     }
 }
@@ -461,13 +464,20 @@ pub(crate) mod tests {
             model_role: "champion".into(),
             shadow_of: None,
             explanation: None,
+            trace_id: i
+                .is_multiple_of(3)
+                .then(|| format!("4bf92f3577b34da6a3ce929d0e0e{:04x}", i % 0x10000)),
         }
     }
 
     #[test]
     fn codec_round_trips_every_value_including_nan() {
         for i in 0..6 {
-            let r = sample(i);
+            // The older codec predates trace ids.
+            let r = DecisionRow {
+                trace_id: None,
+                ..sample(i)
+            };
             let mut buf = Vec::new();
             codec::encode(&r, &mut buf);
             let back = codec::decode(&buf).unwrap();

@@ -244,6 +244,7 @@ impl Inference {
         let timeout = grpc_timeout(request.metadata())
             .map_or(state.request_timeout, |t| t.min(state.request_timeout));
         let peer = request.remote_addr();
+        let trace_id = super::traced::trace_of(&request);
         let r = request.into_inner();
         let set = v2::resolve(&state.scorer, &r.model_name, &r.model_version).map_err(not_found)?;
         let requested: Vec<String> = r.outputs.into_iter().map(|o| o.name).collect();
@@ -262,6 +263,7 @@ impl Inference {
             received_at,
             started,
             deadline: Some((started + timeout, timeout)),
+            trace_id,
         };
         let answer = state
             .scorer

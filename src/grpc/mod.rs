@@ -22,6 +22,7 @@ pub mod pb;
 pub mod service;
 pub mod shutdown;
 pub mod status;
+pub mod traced;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -111,10 +112,12 @@ impl GrpcServer {
         // send limit follows from the item cap, so that every accepted request has an answer
         // that can be sent.
         let limits = checked.messages;
-        let scoring = limits.wrap(
-            CreditRiskServiceServer::new(CreditRisk::new(state.clone()))
-                .max_decoding_message_size(limits.largest_message())
-                .max_encoding_message_size(batch_response_limit(limits.batch_items)),
+        let scoring = traced::Traced::new(
+            limits.wrap(
+                CreditRiskServiceServer::new(CreditRisk::new(state.clone()))
+                    .max_decoding_message_size(limits.largest_message())
+                    .max_encoding_message_size(batch_response_limit(limits.batch_items)),
+            ),
         );
         // Deadlines are enforced by the service itself (unary: the client's grpc-timeout capped
         // by --request-timeout; streams: per round), so that an expired one is always answered
@@ -129,7 +132,7 @@ impl GrpcServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(scoring)
-            .add_service(
+            .add_service(traced::Traced::new(
                 GrpcInferenceServiceServer::new(inference::Inference::new(
                     state.clone(),
                     readiness.clone(),
@@ -137,7 +140,7 @@ impl GrpcServer {
                 ))
                 .max_decoding_message_size(limits.batch_message_bytes)
                 .max_encoding_message_size(batch_response_limit(limits.batch_items)),
-            );
+            ));
         tracing::info!(%local_addr, "gRPC listening");
         Ok(GrpcServer {
             local_addr,

@@ -19,6 +19,7 @@ use std::{
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tonic::{metadata::MetadataMap, Request, Response, Status, Streaming};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use cra_model::{input::MAX_APPLICATION_ID_BYTES, ApplicationInput};
@@ -121,6 +122,7 @@ impl CreditRisk {
             received_at,
             started,
             deadline: Some((started + timeout, timeout)),
+            trace_id: super::traced::trace_of(&request),
         };
         let request = request.into_inner();
         let asked = request.explain;
@@ -154,7 +156,9 @@ pub(crate) fn record_call<T>(rpc: &str, answer: &Result<T, Status>, started: Ins
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
     };
-    crate::monitoring::request("grpc", rpc, &format!("{code:?}"), started.elapsed());
+    let name = format!("{code:?}");
+    crate::telemetry::traces::record_status(&name, super::status::is_server_fault(code));
+    crate::monitoring::request("grpc", rpc, &name, started.elapsed());
 }
 
 /// The caller's request id when it is usable as one, else a new UUID v7.
@@ -221,6 +225,7 @@ impl CreditRiskService for CreditRisk {
         let request_id = request_id(request.metadata());
         let deadline = grpc_timeout(request.metadata()).map(|t| (Instant::now() + t, t));
         let peer = request.remote_addr();
+        let trace_id = super::traced::trace_of(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_RESPONSE_QUEUE);
         let (end_tx, end_rx) = oneshot::channel();
@@ -230,19 +235,25 @@ impl CreditRiskService for CreditRisk {
             stream_id: Uuid::now_v7(),
             peer,
             deadline,
+            trace_id,
             tx,
         };
         let stream_started = Instant::now();
-        tokio::spawn(async move {
-            let _permits = permits;
-            let ended = job.run(inbound).await;
-            record_call("ScoreBatch", &ended, stream_started);
-            if let Err(status) = ended {
-                // Sent before the job and its sender are dropped: the answers end with it.
-                let _ = end_tx.send(status);
+        // The stream's span lasts as long as the stream.
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let _permits = permits;
+                let ended = job.run(inbound).await;
+                record_call("ScoreBatch", &ended, stream_started);
+                if let Err(status) = ended {
+                    // Sent before the job and its sender are dropped: the answers end with it.
+                    let _ = end_tx.send(status);
+                }
+                drop(job);
             }
-            drop(job);
-        });
+            .instrument(span),
+        );
         let mut resp = Response::new(BatchAnswers {
             rounds: rx,
             pending: Vec::new().into_iter(),
@@ -318,6 +329,7 @@ struct StreamJob {
     stream_id: Uuid,
     peer: Option<SocketAddr>,
     deadline: Option<(Instant, Duration)>,
+    trace_id: Option<crate::scoring::TraceId>,
     tx: mpsc::Sender<Vec<pb::ScoreBatchResponse>>,
 }
 
@@ -386,6 +398,7 @@ impl StreamJob {
             received_at,
             started,
             deadline: self.deadline,
+            trace_id: self.trace_id,
         }
     }
 

@@ -105,6 +105,18 @@ impl From<ServeError> for Status {
     }
 }
 
+/// True for the codes that mean the server failed (what an error rate and a trace's error flag
+/// count), false for the client's mistakes and for load shedding it can retry.
+pub fn is_server_fault(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Internal
+            | tonic::Code::Unknown
+            | tonic::Code::DataLoss
+            | tonic::Code::Unimplemented
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,21 +51,40 @@ async fn track(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use crate::telemetry::traces::{call_span, record_status, CallTrace};
+    use tracing::Instrument;
     let started = std::time::Instant::now();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let resp = next.run(req).await;
-    if route != "/metrics" {
-        let transport = if route.starts_with("/v2") {
-            "v2"
-        } else {
-            "rest"
-        };
-        crate::monitoring::request(transport, &route, resp.status().as_str(), started.elapsed());
+    if route == "/metrics" {
+        return next.run(req).await;
     }
+    let transport = if route.starts_with("/v2") {
+        "v2"
+    } else {
+        "rest"
+    };
+    // Probes get no span: a trace every few seconds per pod would drown the calls.
+    let resp = if route == "/health" || route.starts_with("/v2/health") {
+        next.run(req).await
+    } else {
+        let (span, trace) = call_span("http", &format!("{} {route}", req.method()), req.headers());
+        let mut req = req;
+        req.extensions_mut().insert(CallTrace(trace));
+        let resp = next.run(req).instrument(span.clone()).await;
+        let status = resp.status();
+        span.in_scope(|| {
+            record_status(
+                status.as_str(),
+                status.is_server_error() && status != axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            )
+        });
+        resp
+    };
+    crate::monitoring::request(transport, &route, resp.status().as_str(), started.elapsed());
     resp
 }
 

@@ -20,7 +20,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,7 +34,8 @@ use super::{
     json_input::application_from_json,
     HttpState, PeerAddr,
 };
-use crate::scoring::{CallContext, Delivery, FeatureValue, Item, Role, Rpc, ScoreError};
+use crate::scoring::{CallContext, Delivery, FeatureValue, Item, Role, Rpc, ScoreError, TraceId};
+use crate::telemetry::traces::CallTrace;
 
 /// The header of the request id, read from the client and echoed (as on gRPC).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -216,6 +217,7 @@ fn call_context<'a>(
     rpc: Rpc,
     peer: SocketAddr,
     started: Instant,
+    trace_id: Option<TraceId>,
 ) -> CallContext<'a> {
     CallContext {
         request_id,
@@ -224,6 +226,7 @@ fn call_context<'a>(
         received_at: SystemTime::now(),
         started,
         deadline: Some((started + state.request_timeout, state.request_timeout)),
+        trace_id,
     }
 }
 
@@ -231,6 +234,7 @@ fn call_context<'a>(
 async fn predict(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(CallTrace(trace_id)): Extension<CallTrace>,
     Query(query): Query<ExplainQuery>,
     headers: HeaderMap,
     body: Body,
@@ -239,7 +243,7 @@ async fn predict(
     let request_id = request_id(&headers);
     let answer = predict_one(
         &state,
-        peer,
+        (peer, trace_id),
         query.explain,
         &headers,
         body,
@@ -252,7 +256,7 @@ async fn predict(
 
 async fn predict_one(
     state: &HttpState,
-    peer: SocketAddr,
+    (peer, trace_id): (SocketAddr, Option<TraceId>),
     explain: bool,
     headers: &HeaderMap,
     body: Body,
@@ -271,7 +275,14 @@ async fn predict_one(
     .await?;
     let value = body::json(&bytes)?;
     let input = application_from_json(&value);
-    let ctx = call_context(state, request_id, Rpc::Rest { batch: None }, peer, started);
+    let ctx = call_context(
+        state,
+        request_id,
+        Rpc::Rest { batch: None },
+        peer,
+        started,
+        trace_id,
+    );
     let answer = state.scorer.score(&ctx, Some(&input), explain)?;
     let model = answer.model();
     let body = PredictResponse {
@@ -306,6 +317,7 @@ struct BatchResponse<'a> {
 async fn predict_batch(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(CallTrace(trace_id)): Extension<CallTrace>,
     Query(query): Query<ExplainQuery>,
     headers: HeaderMap,
     body: Body,
@@ -314,7 +326,7 @@ async fn predict_batch(
     let request_id = request_id(&headers);
     let answer = predict_many(
         &state,
-        peer,
+        (peer, trace_id),
         query.explain,
         &headers,
         body,
@@ -375,7 +387,7 @@ fn batch_inputs(value: &Value, max_items: usize) -> Result<Vec<ApplicationInput>
 
 async fn predict_many(
     state: &HttpState,
-    peer: SocketAddr,
+    (peer, trace_id): (SocketAddr, Option<TraceId>),
     explain: bool,
     headers: &HeaderMap,
     body: Body,
@@ -399,7 +411,7 @@ async fn predict_many(
     let rpc = Rpc::Rest {
         batch: Some((Uuid::now_v7(), 0)),
     };
-    let ctx = call_context(state, request_id, rpc, peer, started);
+    let ctx = call_context(state, request_id, rpc, peer, started, trace_id);
     let asked = vec![explain; if explain { inputs.len() } else { 0 }];
     let set = state.scorer.models();
     let answer = state

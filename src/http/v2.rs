@@ -24,7 +24,7 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -37,7 +37,8 @@ use super::{
     HttpState, PeerAddr,
 };
 use crate::{
-    scoring::{CallContext, Delivery, Rpc, ScoreError},
+    scoring::{CallContext, Delivery, Rpc, ScoreError, TraceId},
+    telemetry::traces::CallTrace,
     v2::{self, tensor, Data, DataType, InputTensor},
 };
 use cra_model::FieldViolation;
@@ -179,26 +180,28 @@ struct RequestedOutput {
 async fn infer(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(CallTrace(trace_id)): Extension<CallTrace>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_response(&state, peer, &name, "", &headers, body).await
+    infer_response(&state, (peer, trace_id), &name, "", &headers, body).await
 }
 
 async fn infer_at(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(CallTrace(trace_id)): Extension<CallTrace>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_response(&state, peer, &name, &version, &headers, body).await
+    infer_response(&state, (peer, trace_id), &name, &version, &headers, body).await
 }
 
 async fn infer_response(
     state: &HttpState,
-    peer: SocketAddr,
+    (peer, trace_id): (SocketAddr, Option<TraceId>),
     name: &str,
     version: &str,
     headers: &HeaderMap,
@@ -208,7 +211,7 @@ async fn infer_response(
     let request_id = request_id(headers);
     let mut resp = match infer_inner(
         state,
-        peer,
+        (peer, trace_id),
         name,
         version,
         headers,
@@ -412,7 +415,7 @@ fn data_json(d: &Data) -> Value {
 #[allow(clippy::too_many_arguments)]
 async fn infer_inner(
     state: &HttpState,
-    peer: SocketAddr,
+    (peer, trace_id): (SocketAddr, Option<TraceId>),
     name: &str,
     version: &str,
     headers: &HeaderMap,
@@ -497,6 +500,7 @@ async fn infer_inner(
         received_at,
         started,
         deadline: Some((started + state.request_timeout, state.request_timeout)),
+        trace_id,
     };
     let answer = state
         .scorer

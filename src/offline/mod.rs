@@ -207,6 +207,7 @@ fn score_batch(
         received_at,
         started,
         deadline: None,
+        trace_id: None,
     };
     scorer
         .record_batch(

@@ -24,6 +24,7 @@ use cra_model::{
 };
 use uuid::Uuid;
 
+pub use crate::telemetry::traces::TraceId;
 pub use cra_model::explain::{Contribution, FeatureValue, Reason};
 pub use error::ScoreError;
 pub use record::{DecisionRecord, DecisionRecorder, Outcome, RecordError, Rpc};
@@ -98,6 +99,8 @@ pub struct CallContext<'a> {
     pub started: Instant,
     /// When the answer is due, and the limit it came from (for the error).
     pub deadline: Option<(Instant, Duration)>,
+    /// The trace the call belongs to (see [`crate::telemetry::traces`]).
+    pub trace_id: Option<TraceId>,
 }
 
 impl CallContext<'_> {
@@ -258,9 +261,17 @@ impl Scorer {
                 input,
                 outcome,
                 explanation: explanation.as_ref(),
+                trace_id: ctx.trace_id,
             })?;
         }
         let member_of = &set.live[member];
+        crate::telemetry::traces::record_decision(
+            ctx.request_id,
+            bundle.version(),
+            member_of.role.as_str(),
+            if scored.is_ok() { "ok" } else { "invalid" },
+            decision_id,
+        );
         match &scored {
             Ok((_, d)) => {
                 crate::monitoring::decisions(bundle.version(), member_of.role.as_str(), "ok", 1);
@@ -429,6 +440,7 @@ impl Scorer {
                     input: Some(input),
                     outcome,
                     explanation,
+                    trace_id: ctx.trace_id,
                 }
             })
             .collect()
@@ -461,6 +473,12 @@ impl Scorer {
             recorder.record_chunk(&records)?;
         }
         count_decisions(set, items);
+        crate::telemetry::traces::record_decisions(
+            ctx.request_id,
+            set.champion().bundle.version(),
+            "ok",
+            items.len(),
+        );
         if !set.shadows.is_empty() {
             let work = inputs
                 .iter()
@@ -516,6 +534,12 @@ impl Scorer {
                 recorder.record_chunk(&records)?;
             }
             count_decisions(&set, &items);
+            crate::telemetry::traces::record_decisions(
+                ctx.request_id,
+                set.champion().bundle.version(),
+                "invalid",
+                invalid.len(),
+            );
             return Err(ScoreError::InvalidItems(
                 items
                     .into_iter()

@@ -117,6 +117,8 @@ pub struct DecisionRecord<'a> {
     /// The application exactly as received; `None` when the request had none.
     pub input: Option<&'a ApplicationInput>,
     pub outcome: Outcome<'a>,
+    /// The trace of the call (W3C trace id), when it has one.
+    pub trace_id: Option<super::TraceId>,
     /// The explanation given (or kept) with the decision, if it was explained.
     pub explanation: Option<&'a Explanation>,
 }

@@ -53,6 +53,7 @@ struct Job {
     rpc: Rpc,
     peer: Option<SocketAddr>,
     received_at: SystemTime,
+    trace_id: Option<super::TraceId>,
     work: Work,
 }
 
@@ -105,6 +106,7 @@ impl ShadowRunner {
             request_id: ctx.request_id.to_owned(),
             rpc: ctx.rpc,
             peer: ctx.peer,
+            trace_id: ctx.trace_id,
             received_at: ctx.received_at,
             work,
         };
@@ -155,6 +157,7 @@ fn run(job: &Job, recorder: Option<&dyn DecisionRecorder>, stats: &ShadowStats) 
                         decision,
                     },
                     explanation: None,
+                    trace_id: job.trace_id,
                 },
             )
             .collect();

@@ -1,20 +1,60 @@
-//! Logging: `RUST_LOG`-filtered tracing to stderr, as text or JSON (`--log-format`,
-//! `CRA_LOG_FORMAT`); colour codes only when stderr is a terminal, so a log file or pipe holds
-//! plain text.
+//! Telemetry: logs and traces.
+//!
+//! - Logs: `RUST_LOG`-filtered tracing to stderr, as text or JSON (`--log-format`,
+//!   `CRA_LOG_FORMAT`); colour codes only when stderr is a terminal, so a log file or pipe holds
+//!   plain text. A line logged during a call carries the call's span: its `request_id`,
+//!   `decision_id` and `trace_id`.
+//! - [`traces`]: one span per call, exported over OTLP when `--otlp-endpoint` is set.
+pub mod traces;
+
 use std::io::IsTerminal;
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
+use traces::{Traces, TracesConfig, TracesError};
+
+/// Installs the global subscriber (logs only). Safe to call more than once (later calls do
+/// nothing).
 pub fn init(format: crate::config::LogFormat) {
+    let _ = install(format, None);
+}
+
+/// Installs the global subscriber of `cra serve`: the logs, and the span exporter when
+/// `traces.endpoint` is set. Must run inside the tokio runtime (the exporter's gRPC channel
+/// lives on it).
+pub fn init_serving(
+    format: crate::config::LogFormat,
+    traces: &TracesConfig,
+) -> Result<Traces, TracesError> {
+    let (traces, layer) = Traces::start(traces)?;
+    if install(format, layer).is_err() && traces.is_exporting() {
+        return Err(TracesError::NoSubscriber);
+    }
+    traces.announce();
+    Ok(traces)
+}
+
+fn install(
+    format: crate::config::LogFormat,
+    otel: Option<traces::OtelLayer>,
+) -> Result<(), tracing_subscriber::util::TryInitError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if format == crate::config::LogFormat::Json {
-        builder.json().try_init()
+    let ansi = std::io::stderr().is_terminal();
+    let logs = if format == crate::config::LogFormat::Json {
+        fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed()
     } else {
-        builder.try_init()
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed()
     };
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(filter)
+        .with(logs)
+        .try_init()
 }

@@ -1,0 +1,334 @@
+//! Traces: one server span per call, a gRPC method or an HTTP route, parented on the caller's
+//! W3C `traceparent` (gRPC metadata or HTTP header), and exported over OTLP/gRPC when
+//! `--otlp-endpoint` is set.
+//!
+//! The span is a `tracing` span named `call`; its fields are what a trace backend shows as
+//! attributes and what every log line logged during the call carries: `transport`, `rpc`,
+//! `request_id`, `trace_id`, and, once decided, `model_version`, `model_role`, `outcome`,
+//! `decision_id` (one decision) or `decisions` (a batch). The scoring core fills those in
+//! ([`record_decision`], [`record_decisions`]); the transports record the status code.
+//!
+//! The trace id also goes into every decision row (`decisions.trace_id`), so that a trace
+//! leads to its decisions and a decision to its trace: the exported span's trace id, or, when
+//! nothing is exported, the trace id of the caller's `traceparent`, if it sent one.
+use std::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use opentelemetry::{
+    propagation::{Extractor, TextMapPropagator},
+    trace::{TraceContextExt, TracerProvider as _},
+    KeyValue,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+    Resource,
+};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Registry;
+
+/// The layer that turns the call spans into OpenTelemetry spans.
+pub type OtelLayer =
+    tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>;
+
+/// Spans are being exported: their trace ids are the ones to record.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// A W3C trace id: 16 bytes, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl TraceId {
+    /// The trace id of a `traceparent` header value (`00-<32 hex>-<16 hex>-<2 hex>`), if it is
+    /// a valid one; an all-zero id is invalid (W3C Trace Context, §3.2.2.3).
+    pub fn from_traceparent(value: &str) -> Option<TraceId> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex_of = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex_of(version, 2) || version == "ff" || !hex_of(parent, 16) || !hex_of(flags, 2) {
+            return None;
+        }
+        // Version 00 has exactly four fields; later versions may add more.
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        if !hex_of(trace, 32) {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        hex::decode_to_slice(trace, &mut id).ok()?;
+        (id != [0; 16] && parent != "0000000000000000").then_some(TraceId(id))
+    }
+}
+
+/// The trace of a call, left in the request's extensions by the transport's span layer for
+/// the handler to put in its decision rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallTrace(pub Option<TraceId>);
+
+/// The exporter's settings (`cra serve --otlp-*`).
+#[derive(Debug, Clone)]
+pub struct TracesConfig {
+    /// The OTLP/gRPC collector, e.g. `http://otel-collector:4317`; `None`: nothing is exported.
+    pub endpoint: Option<String>,
+    /// Share of new traces sampled (0 to 1); a call with a `traceparent` follows its caller's
+    /// sampling decision.
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+}
+
+/// Why traces could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TracesError {
+    #[error("--otlp-sample-ratio must be between 0 and 1, not {0}")]
+    Ratio(f64),
+    #[error("--otlp-endpoint `{endpoint}`: {source}; give the collector's URL, e.g. http://localhost:4317")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("the log subscriber was installed by another program; traces cannot be added to it")]
+    NoSubscriber,
+}
+
+/// The running exporter; [`Traces::shutdown`] sends what is buffered.
+#[must_use = "shut it down to send the last spans"]
+pub struct Traces {
+    provider: Option<SdkTracerProvider>,
+    endpoint: Option<String>,
+    sample_ratio: f64,
+}
+
+impl Traces {
+    /// Nothing exported.
+    pub fn off() -> Traces {
+        Traces {
+            provider: None,
+            endpoint: None,
+            sample_ratio: 0.0,
+        }
+    }
+
+    /// True when spans are exported.
+    pub fn is_exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Builds the exporter to `cfg.endpoint` (nothing when it is `None`) and the layer that
+    /// feeds it, for the subscriber to be installed with. Must run inside the tokio runtime:
+    /// the exporter's gRPC channel lives on it.
+    pub fn start(cfg: &TracesConfig) -> Result<(Traces, Option<OtelLayer>), TracesError> {
+        let Some(endpoint) = &cfg.endpoint else {
+            return Ok((Traces::off(), None));
+        };
+        if !(0.0..=1.0).contains(&cfg.sample_ratio) {
+            return Err(TracesError::Ratio(cfg.sample_ratio));
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| TracesError::Exporter {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                cfg.sample_ratio,
+            ))))
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(cfg.service_name.clone())
+                    .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                    .build(),
+            )
+            .build();
+        // No source location, thread or busy/idle time on the spans: attributes nobody reads,
+        // paid on every call.
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("cra"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false);
+        EXPORTING.store(true, Ordering::Relaxed);
+        Ok((
+            Traces {
+                provider: Some(provider),
+                endpoint: Some(endpoint.clone()),
+                sample_ratio: cfg.sample_ratio,
+            },
+            Some(layer),
+        ))
+    }
+
+    /// Logs where spans go (once the subscriber is installed).
+    pub fn announce(&self) {
+        if let Some(endpoint) = &self.endpoint {
+            tracing::info!(%endpoint, sample_ratio = self.sample_ratio, "exporting traces over OTLP");
+        }
+    }
+
+    /// Stops exporting and sends the spans still buffered (blocking, up to the export timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            EXPORTING.store(false, Ordering::Relaxed);
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "the last spans could not be sent to the OTLP collector");
+            }
+        }
+    }
+}
+
+/// Reads W3C headers from an HTTP header map (gRPC metadata are HTTP/2 headers).
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of one call and the trace id its decisions record. `transport` is `grpc` or
+/// `http`; `rpc` the method or route.
+pub fn call_span(
+    transport: &'static str,
+    rpc: &str,
+    headers: &axum::http::HeaderMap,
+) -> (tracing::Span, Option<TraceId>) {
+    let span = tracing::info_span!(
+        "call",
+        otel.name = %format_args!("{transport} {rpc}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        transport,
+        rpc = %rpc,
+        request_id = Empty,
+        trace_id = Empty,
+        model_version = Empty,
+        model_role = Empty,
+        outcome = Empty,
+        decision_id = Empty,
+        decisions = Empty,
+        status = Empty,
+    );
+    let mut trace = None;
+    if EXPORTING.load(Ordering::Relaxed) && !span.is_disabled() {
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let _ = span.set_parent(parent);
+        let id = span.context().span().span_context().trace_id();
+        if id != opentelemetry::trace::TraceId::INVALID {
+            trace = Some(TraceId(id.to_bytes()));
+        }
+    }
+    if trace.is_none() {
+        trace = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceId::from_traceparent);
+    }
+    if let Some(t) = trace {
+        span.record("trace_id", tracing::field::display(t));
+    }
+    (span, trace)
+}
+
+/// Records the answer's status on the current call span: `error` for the server's faults
+/// (what a trace backend flags), the code itself either way.
+pub fn record_status(code: &str, server_fault: bool) {
+    let span = tracing::Span::current();
+    span.record("status", code);
+    if server_fault {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Records one decision on the current call span.
+pub fn record_decision(
+    request_id: &str,
+    model_version: &str,
+    model_role: &str,
+    outcome: &str,
+    decision_id: uuid::Uuid,
+) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("request_id", request_id);
+    span.record("model_version", model_version);
+    span.record("model_role", model_role);
+    span.record("outcome", outcome);
+    if !decision_id.is_nil() {
+        span.record("decision_id", tracing::field::display(decision_id));
+    }
+}
+
+/// Records a batch's decisions on the current call span: how many, and the champion's version.
+pub fn record_decisions(request_id: &str, model_version: &str, outcome: &str, n: usize) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("request_id", request_id);
+    span.record("model_version", model_version);
+    span.record("outcome", outcome);
+    span.record("decisions", n as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing_follows_w3c() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            TraceId::from_traceparent(ok)
+                .map(|t| t.to_string())
+                .as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceId::from_traceparent(bad), None, "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(TraceId::from_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        )
+        .is_some());
+    }
+}
