@@ -16,7 +16,38 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Migrate(args) => crate::decision_log::run_migrate_command(&args),
         Command::Report(args) => report(&args),
+        Command::Keys(args) => keys(&args),
     }
+}
+
+/// `cra keys add|list|revoke`: the key goes to stdout, alone on its line, so that a script can
+/// take it; everything else to stderr.
+fn keys(args: &crate::config::KeysArgs) -> Result<()> {
+    use crate::{config::KeysAction, security::keys};
+    let path = &args.api_keys;
+    match &args.action {
+        KeysAction::Add {
+            client,
+            rate,
+            burst,
+        } => {
+            let key = keys::add(path, client, *rate, *burst)?;
+            println!("{key}");
+            eprintln!(
+                "added a key for {client} to {}; it is shown this once: give it to the client                  (header `authorization: Bearer KEY`)",
+                path.display()
+            );
+        }
+        KeysAction::List => print!("{}", keys::list(path)?),
+        KeysAction::Revoke { client, key } => {
+            let n = keys::revoke(path, client, key.as_deref())?;
+            eprintln!(
+                "revoked {n} key(s) of {client} in {}; a server watching the file refuses them from now on",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `cra report`: writes the HTML report and says where.

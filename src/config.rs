@@ -42,6 +42,87 @@ pub enum Command {
     /// Write a model report (metrics, ROC/PR/KS/calibration plots, importance, SHAP, reason
     /// codes) as one self-contained HTML file.
     Report(ReportArgs),
+    /// Manage the API keys file of `cra serve --api-keys`: add a key (shown once), list the
+    /// clients, revoke keys.
+    Keys(KeysArgs),
+}
+
+/// `cra keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    /// The API keys file (TOML; created by the first `add`). It holds only SHA-256 hashes.
+    #[arg(
+        long,
+        env = "CRA_API_KEYS",
+        global = true,
+        default_value = "api-keys.toml"
+    )]
+    pub api_keys: PathBuf,
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// What `cra keys` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Add a new random key for CLIENT (created if new) and print it, once: only its hash is
+    /// kept. A client may hold several keys (to rotate without a gap).
+    Add {
+        /// The client id (letters, digits, . _ - @ :), recorded with every decision it asks for.
+        client: String,
+        /// This client's own rate limit in applications, N/s, N/m or N/h (else the server's
+        /// --rate-limit).
+        #[arg(long)]
+        rate: Option<crate::security::rate::Rate>,
+        /// This client's own burst (with --rate; default one second's worth of it).
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
+    },
+    /// List the clients, their limits and their keys' fingerprints (never the keys).
+    List,
+    /// Revoke CLIENT's keys: all of them, or the one with --key FINGERPRINT. Revoked keys stay
+    /// in the file, marked, so that a refusal can say "revoked".
+    Revoke {
+        client: String,
+        /// The fingerprint of the key to revoke (as `cra keys list` shows it, or a prefix).
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+/// Who may call, how fast, and over what (`cra serve`; docs/SECURITY.md).
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// API keys file (TOML, written by `cra keys add`). With it, every call except health,
+    /// readiness and metrics needs `authorization: Bearer KEY` with a key of the file. Reloaded
+    /// when it changes and on SIGHUP.
+    #[arg(long, env = "CRA_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
+    /// Who may use gRPC server reflection and read GET /openapi.json: off, authenticated or
+    /// open.
+    #[arg(long, env = "CRA_REFLECTION", value_enum, default_value_t = crate::security::ReflectionAccess::Open)]
+    pub reflection: crate::security::ReflectionAccess,
+    /// Default rate limit of each client, in applications (a unary call is one, a batch as many
+    /// as it holds): N/s, N/m or N/h. A client's own rate in the keys file overrides it; an
+    /// anonymous caller is limited by its IP address. Default: no limit.
+    #[arg(long, env = "CRA_RATE_LIMIT")]
+    pub rate_limit: Option<crate::security::rate::Rate>,
+    /// Applications a client may send at once above --rate-limit after a pause (default: one
+    /// second's worth of the rate). A batch larger than the burst is refused.
+    #[arg(long, env = "CRA_BURST", requires = "rate_limit")]
+    pub burst: Option<u32>,
+    /// TLS certificate chain (PEM) of both ports; with --tls-key it turns TLS on. Reloaded
+    /// when it changes and on SIGHUP.
+    #[arg(long, env = "CRA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "CRA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) of the clients: every call except health, readiness and metrics
+    /// then needs a client certificate signed by one of them, whose subject CN (else first DNS
+    /// name) is the client id; an API key is then optional.
+    #[arg(long, env = "CRA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `cra generate`.
@@ -244,6 +325,9 @@ pub struct ServeConfig {
     /// The decision log (PostgreSQL, spool).
     #[command(flatten)]
     pub decision_log: DecisionLogArgs,
+    /// API keys, client certificates, TLS, rate limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `cra serve`'s OpenTelemetry traces: one span per call, exported over OTLP/gRPC.
@@ -433,6 +517,26 @@ pub struct BenchArgs {
     /// ScoreBatchRequest.explain).
     #[arg(long, env = "CRA_BENCH_EXPLAIN")]
     pub explain: bool,
+    /// API key sent with every call (`authorization: Bearer KEY`).
+    #[arg(long, env = "CRA_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Connect over TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, env = "CRA_BENCH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --tls-key.
+    #[arg(long, env = "CRA_BENCH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "CRA_BENCH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name the server's certificate must hold (default: the host of --addr).
+    #[arg(long, env = "CRA_BENCH_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Unary closed loop: after a RESOURCE_EXHAUSTED with a RetryInfo delay, a worker waits
+    /// that long before its next call, as a well-behaved client does (default: it goes on at
+    /// once).
+    #[arg(long, env = "CRA_BENCH_RESPECT_RETRY")]
+    pub respect_retry: bool,
 }
 
 /// Where the decision log's PostgreSQL is. The password is never printed (not even by `--help`).
@@ -507,14 +611,32 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***`: the one of `user:password@`, and a
+    /// `password` query parameter (which libpq also reads), whatever its letter case.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                if u.query_pairs()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+                {
+                    let pairs: Vec<(String, String)> = u
+                        .query_pairs()
+                        .map(|(k, v)| {
+                            let v = if k.eq_ignore_ascii_case("password") {
+                                "***".to_owned()
+                            } else {
+                                v.into_owned()
+                            };
+                            (k.into_owned(), v)
+                        })
+                        .collect();
+                    u.query_pairs_mut().clear().extend_pairs(pairs);
+                }
                 u.to_string()
             }
-            Ok(u) => u.to_string(),
             // Not a URL (e.g. a key=value string): say nothing that could hold a password.
             Err(_) => "<non-URL connection string>".to_owned(),
         }

@@ -10,6 +10,7 @@
 //! - [`decision_log`]: every decision recorded in PostgreSQL (COPY writer, spool, migrations);
 //! - [`admission`]: the one concurrency limit every transport admits its calls through;
 //! - [`readiness`]: the SERVING / NOT_SERVING state the transports publish;
+//! - [`security`]: API keys, client certificates and TLS, per-client rate limits;
 //! - [`monitoring`]: Prometheus metrics (`GET /metrics` on the HTTP port);
 //! - [`offline`]: `cra score`, a Parquet file scored through the same core;
 //! - [`data`]: Parquet and CSV files of applications;
@@ -32,6 +33,7 @@ pub mod offline;
 pub mod readiness;
 pub mod report;
 pub mod scoring;
+pub mod security;
 pub mod telemetry;
 pub mod training;
 pub mod v2;

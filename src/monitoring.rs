@@ -14,6 +14,9 @@
 //! | `cra_decision_log_*` | gauges | rows written, replayed, set aside, refused, lost; spool bytes and segments; queue depth; oldest unrecorded age; database up |
 //! | `cra_model_info` | gauge (1) | `model_version`, `role` |
 //! | `cra_model_reloads_total` | counter | `result` (ok, failed) |
+//! | `cra_auth_refusals_total` | counter | `transport` (grpc, http), `reason` |
+//! | `cra_rate_limited_total` | counter | `client` (the client id, or `anonymous`) |
+//! | `cra_tls_handshake_failures_total` | counter | `port` (grpc, http) |
 //! | `cra_process_resident_memory_bytes`, `cra_process_open_fds`, `cra_process_threads` | gauges | |
 use std::{
     sync::{
@@ -93,6 +96,18 @@ fn describe() {
         "Explanations (TreeSHAP and reasons) computed."
     );
     describe_counter!("cra_model_reloads_total", "Model reloads, by result.");
+    describe_counter!(
+        "cra_auth_refusals_total",
+        "Calls refused for want of a valid credential, by transport and reason."
+    );
+    describe_counter!(
+        "cra_rate_limited_total",
+        "Calls refused over their client's rate limit, by client."
+    );
+    describe_counter!(
+        "cra_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, by port."
+    );
     describe_gauge!(
         "cra_model_info",
         "1 for each model loaded, with its version and role."
@@ -165,6 +180,31 @@ pub fn request(transport: &'static str, rpc: &str, code: &str, elapsed: Duration
     .increment(1);
     histogram!("cra_request_duration_seconds", "transport" => transport, "rpc" => rpc.to_owned())
         .record(elapsed.as_secs_f64());
+}
+
+/// A call refused for want of a valid credential.
+pub fn auth_refusal(transport: &'static str, reason: &'static str) {
+    if handle().is_none() {
+        return;
+    }
+    counter!("cra_auth_refusals_total", "transport" => transport, "reason" => reason).increment(1);
+}
+
+/// A call refused over its client's rate limit.
+pub fn rate_limited(client: Option<&str>) {
+    if handle().is_none() {
+        return;
+    }
+    counter!("cra_rate_limited_total", "client" => client.unwrap_or("anonymous").to_owned())
+        .increment(1);
+}
+
+/// A TLS handshake that failed or timed out.
+pub fn tls_handshake_failure(port: &'static str) {
+    if handle().is_none() {
+        return;
+    }
+    counter!("cra_tls_handshake_failures_total", "port" => port).increment(1);
 }
 
 /// `n` decisions of one model, role and outcome.

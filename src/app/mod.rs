@@ -32,6 +32,7 @@ use crate::{
     http::{HttpServer, HttpState},
     readiness::{Readiness, DECISION_LOG_CONDITION, MODEL_CONDITION},
     scoring::{registry::RegistryError, DecisionRecorder, Registry, Scorer},
+    security::Security,
 };
 use reload::Trigger;
 
@@ -60,6 +61,13 @@ pub enum AppError {
     },
     #[error("a start-up task stopped unexpectedly: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start with these security settings: {0}")]
+    Security(#[from] crate::security::SecurityError),
+    #[error("cannot watch the security files ({files}) for changes: {source}")]
+    WatchSecurity {
+        files: String,
+        source: notify::Error,
+    },
 }
 
 type Gate = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -115,6 +123,7 @@ impl AppBuilder {
             listener,
         } = self;
         let checked = grpc::check_limits(&config)?;
+        let security = Security::from_args(&config.security)?;
         crate::monitoring::set_enabled(config.metrics);
         let listener = match listener {
             Some(l) => l,
@@ -160,7 +169,6 @@ impl AppBuilder {
         readiness.set(MODEL_CONDITION, true);
 
         let (reload_tx, reloader) = reload::spawn_reloader(registry.clone());
-        let sighup = reload::on_sighup(reload_tx.clone()).map_err(AppError::Signal)?;
         let watcher = match (&config.models, config.watch_models) {
             (Some(file), true) => Some(reload::watch_file(file, reload_tx.clone()).map_err(
                 |source| AppError::Watch {
@@ -174,6 +182,38 @@ impl AppBuilder {
             config.max_concurrent_requests,
             checked.max_streams,
         ));
+        let (security_tx, security_reloader) = {
+            let security = security.clone();
+            reload::spawn_files_reloader("security files", security.files(), move || {
+                security.reload()
+            })
+        };
+        let security_watch = match security.files() {
+            files if files.is_empty() => None,
+            files => Some(
+                reload::watch_files(&files, security_tx.clone()).map_err(|source| {
+                    AppError::WatchSecurity {
+                        files: files
+                            .iter()
+                            .map(|f| f.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        source,
+                    }
+                })?,
+            ),
+        };
+        // Anonymous callers and clients under the default limit each hold a limiter state;
+        // those back to a full burst are forgotten, so memory follows the recent callers.
+        let forget = security.auth.limits().shared().cloned().map(|shared| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    shared.forget_idle();
+                }
+            })
+        });
         let http = HttpServer::new(
             &config,
             http_listener,
@@ -187,15 +227,20 @@ impl AppBuilder {
                 request_timeout: config.request_timeout,
                 decision_log: decision_log.clone(),
             }),
-        );
+            &security,
+        )
+        .map_err(AppError::Http)?;
         let grpc = GrpcServer::bind(
             config,
             listener,
             scorer.clone(),
             admission.clone(),
             readiness.clone(),
+            &security,
         )
         .await?;
+        let sighup = reload::on_sighup(vec![reload_tx.clone(), security_tx.clone()])
+            .map_err(AppError::Signal)?;
         Ok(App {
             grpc,
             http,
@@ -205,11 +250,19 @@ impl AppBuilder {
             decision_log: if owns_log { decision_log } else { None },
             gates,
             reload_tx,
-            background: [follower, Some(reloader), Some(sighup)]
-                .into_iter()
-                .flatten()
-                .collect(),
+            background: [
+                follower,
+                Some(reloader),
+                Some(sighup),
+                Some(security_reloader),
+                forget,
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             _watcher: watcher,
+            _security_watch: security_watch,
+            _security_tx: security_tx,
         })
     }
 }
@@ -227,6 +280,8 @@ pub struct App {
     reload_tx: mpsc::Sender<Trigger>,
     background: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    _security_watch: Option<notify::RecommendedWatcher>,
+    _security_tx: mpsc::Sender<Trigger>,
 }
 
 impl std::fmt::Debug for App {
@@ -280,6 +335,8 @@ impl App {
             reload_tx,
             background,
             _watcher,
+            _security_watch,
+            _security_tx,
         } = self;
         let gate_task = tokio::spawn({
             let readiness = readiness.clone();
@@ -328,6 +385,8 @@ impl App {
         gate_task.abort();
         drop(reload_tx);
         drop(_watcher);
+        drop(_security_watch);
+        drop(_security_tx);
         for task in background {
             task.abort();
         }

@@ -17,7 +17,10 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 
 use crate::{
     config::{BenchArgs, BenchMode},
@@ -28,6 +31,45 @@ use crate::{
 };
 
 const DEFAULT_REQUESTS: u64 = 100_000;
+
+/// Adds `authorization: Bearer KEY` to every call when `--api-key` is given.
+#[derive(Clone)]
+pub struct ApiKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The client `cra bench` drives.
+pub type Client = CreditRiskServiceClient<InterceptedService<Channel, ApiKey>>;
+
+/// The TLS of `--tls-ca`, `--tls-cert`, `--tls-key` and `--tls-domain`, if any.
+fn client_tls(args: &BenchArgs, host: &str) -> Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &args.tls_ca else {
+        anyhow::ensure!(
+            args.tls_cert.is_none() && args.tls_key.is_none(),
+            "--tls-cert and --tls-key need --tls-ca (the CA of the server's certificate)"
+        );
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)?))
+        .domain_name(args.tls_domain.clone().unwrap_or_else(|| host.to_owned()));
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => {}
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    }
+    Ok(Some(tls))
+}
 
 /// Random valid applications (within the server's accepted ranges), reproducible by seed.
 pub fn random_applications(n: usize, seed: u64) -> Vec<CreditApplication> {
@@ -167,16 +209,33 @@ struct Plan {
     budget: Option<u64>,
 }
 
-async fn connect(addr: &str, n: usize) -> Result<Vec<CreditRiskServiceClient<Channel>>> {
+async fn connect(args: &BenchArgs) -> Result<Vec<Client>> {
+    let (addr, n) = (&args.addr, args.connections);
+    let scheme = if args.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
+    let key = args
+        .api_key
+        .as_deref()
+        .map(|k| format!("Bearer {k}").parse())
+        .transpose()
+        .context("--api-key must be printable ASCII")?;
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let channel = Endpoint::from_shared(uri.clone())
-            .with_context(|| format!("`{addr}` is not a valid address"))?
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("`{addr}` is not a valid address"))?;
+        let host = endpoint.uri().host().unwrap_or("localhost").to_owned();
+        if let Some(tls) = client_tls(args, &host)? {
+            endpoint = endpoint.tls_config(tls).context("the TLS settings")?;
+        }
+        let channel = endpoint
             .tcp_nodelay(true)
             .initial_connection_window_size(Some(8 << 20))
             .initial_stream_window_size(Some(4 << 20))
@@ -184,7 +243,7 @@ async fn connect(addr: &str, n: usize) -> Result<Vec<CreditRiskServiceClient<Cha
             .await
             .with_context(|| format!("cannot connect to {uri}; is `cra serve` running?"))?;
         clients.push(
-            CreditRiskServiceClient::new(channel)
+            CreditRiskServiceClient::with_interceptor(channel, ApiKey(key.clone()))
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         );
@@ -212,7 +271,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Runs the benchmark described by `args` and returns its report.
 pub async fn bench(args: &BenchArgs) -> Result<Report> {
     let pool = Arc::new(random_applications(args.pool.max(1), args.seed));
-    let clients = connect(&args.addr, args.connections).await?;
+    let clients = connect(args).await?;
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let budget = match (args.requests, args.duration) {
@@ -260,6 +319,12 @@ pub async fn bench(args: &BenchArgs) -> Result<Report> {
     })
 }
 
+/// The `google.rpc.RetryInfo` delay of a refusal, if it carries one.
+fn retry_delay(s: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    s.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
 /// Claims one unit of work after the warm-up; false when the run is over.
 fn claim(plan: &Plan, issued: &AtomicU64, now: Instant) -> bool {
     if plan.until.is_some_and(|u| now >= u) {
@@ -276,11 +341,12 @@ fn claim(plan: &Plan, issued: &AtomicU64, now: Instant) -> bool {
 
 async fn unary_closed(
     args: &BenchArgs,
-    clients: &[CreditRiskServiceClient<Channel>],
+    clients: &[Client],
     pool: Arc<Vec<CreditApplication>>,
     plan: Plan,
 ) -> (Tally, Instant) {
     let explain = args.explain;
+    let respect_retry = args.respect_retry;
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..args.concurrency.max(1) {
@@ -313,7 +379,14 @@ async fn unary_closed(
                         t.ok += 1;
                         t.server_time(r.get_ref().score.as_ref());
                     }
-                    Err(s) => t.error(format!("{:?}: {}", s.code(), s.message())),
+                    Err(s) => {
+                        t.error(format!("{:?}: {}", s.code(), s.message()));
+                        if respect_retry {
+                            if let Some(after) = retry_delay(&s) {
+                                tokio::time::sleep(after).await;
+                            }
+                        }
+                    }
                 }
             }
             t
@@ -335,7 +408,7 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> (Tally, Instant)
 
 async fn unary_open(
     args: &BenchArgs,
-    clients: &[CreditRiskServiceClient<Channel>],
+    clients: &[Client],
     pool: Arc<Vec<CreditApplication>>,
     plan: Plan,
     rate: u64,
@@ -412,7 +485,7 @@ async fn unary_open(
 
 async fn stream(
     args: &BenchArgs,
-    clients: &[CreditRiskServiceClient<Channel>],
+    clients: &[Client],
     pool: Arc<Vec<CreditApplication>>,
     plan: Plan,
 ) -> (Tally, Instant) {

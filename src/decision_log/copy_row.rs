@@ -354,7 +354,10 @@ pub fn encode_view(r: &srv::DecisionRecord<'_>, out: &mut Vec<u8>) {
         }),
         None => w.null(),
     }
-    w.null(); // client_id: no authentication yet
+    match r.client_id {
+        Some(id) => w.text(id),
+        None => w.null(),
+    }
     w.text(r.model.version());
     w.text(&r.model.manifest.artifact_sha256);
     match r.input {

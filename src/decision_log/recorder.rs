@@ -174,7 +174,7 @@ mod tests {
             received_at: DateTime::<Utc>::from(r.received_at),
             decided_at: DateTime::<Utc>::from(r.decided_at),
             peer: r.peer.map(|p| p.to_string()),
-            client_id: None,
+            client_id: r.client_id.map(str::to_owned),
             model_version: r.model.version().to_owned(),
             model_sha256: r.model.manifest.artifact_sha256.clone(),
             inputs: r.input.map(recorded_inputs).unwrap_or_default(),
@@ -228,6 +228,7 @@ mod tests {
             request_id: "req-1",
             rpc: srv::Rpc::Unary,
             peer: Some(peer),
+            client_id: Some("acme"),
             received_at: now - Duration::from_micros(7),
             decided_at: now,
             latency: Duration::from_nanos(6_900),
@@ -252,6 +253,7 @@ mod tests {
                     position: 12,
                 },
                 peer: None,
+                client_id: None,
                 role: Role::Challenger,
                 ..base
             },
@@ -315,6 +317,8 @@ mod tests {
         assert_eq!(i.num_bankruptcies, None);
         assert_eq!(odd_row.application_id, "app-\u{FFFD}-1");
         assert_eq!(odd_row.peer.as_deref(), Some("[::1]:50123"));
+        assert_eq!(odd_row.client_id.as_deref(), Some("acme"));
+        assert_eq!(row(&views[1]).client_id, None);
         assert_eq!(odd_row.latency_us, 6);
         assert_eq!(
             row(&views[6]).trace_id.as_deref(),
@@ -356,6 +360,7 @@ mod tests {
             request_id: "r",
             rpc: srv::Rpc::Unary,
             peer: None,
+            client_id: None,
             received_at: SystemTime::now(),
             decided_at: SystemTime::now(),
             latency: Duration::from_micros(3),

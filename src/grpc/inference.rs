@@ -17,7 +17,7 @@ use super::{
         model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
         model_metadata_response::TensorMetadata,
     },
-    service::{grpc_timeout, record_call, request_id, set_request_id, GrpcState},
+    service::{caller, grpc_timeout, record_call, request_id, set_request_id, GrpcState},
     status::ServeError,
 };
 use crate::{
@@ -239,6 +239,7 @@ impl Inference {
     ) -> Result<Response<ip::ModelInferResponse>, Status> {
         let received_at = SystemTime::now();
         let state = &*self.state;
+        let caller = caller(&request)?;
         let _permit = state.admission.admit()?;
         let request_id = request_id(request.metadata());
         let timeout = grpc_timeout(request.metadata())
@@ -260,6 +261,7 @@ impl Inference {
                 position: 0,
             },
             peer,
+            caller: &caller,
             received_at,
             started,
             deadline: Some((started + timeout, timeout)),

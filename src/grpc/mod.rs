@@ -7,12 +7,14 @@
 //! accepting, and in-flight calls get up to `shutdown_grace` to finish. The composition (models,
 //! decision log, readiness conditions) is [`crate::app::App`]'s.
 //!
+//! Who may call: the authentication layer of [`crate::security::auth`] before every service,
+//! TLS by [`crate::security::listener`].
+//!
 //! Limits against abuse: at most `max_connections` TCP connections; per-method message limits
 //! and the ScoreBatch item cap checked as the bytes arrive ([`limits`]); a send limit derived
 //! from that cap so every accepted request has a sendable answer; a share of the call slots
 //! for streams; an idle timeout for streams.
 
-pub mod connections;
 pub mod convert;
 pub mod health;
 pub mod inference;
@@ -26,9 +28,6 @@ pub mod traced;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use tonic::transport::server::TcpIncoming;
-
-use connections::LimitedIncoming;
 use limits::{batch_response_limit, MessageLimits, MAX_BATCH_ITEMS_LIMIT};
 
 pub use crate::config::worker_threads;
@@ -37,7 +36,13 @@ pub use service::{CreditRisk, GrpcState, REQUEST_ID_HEADER};
 pub use shutdown::shutdown_signal;
 pub use status::ServeError;
 
-use crate::{admission::Admission, config::ServeConfig, readiness::Readiness, scoring::Scorer};
+use crate::{
+    admission::Admission,
+    config::ServeConfig,
+    readiness::Readiness,
+    scoring::Scorer,
+    security::{auth::GrpcAuthLayer, listener::Incoming, tls::Port, ReflectionAccess, Security},
+};
 use pb::{
     credit_risk_service_server::CreditRiskServiceServer,
     inference::grpc_inference_service_server::GrpcInferenceServiceServer, FILE_DESCRIPTOR_SET,
@@ -65,29 +70,39 @@ pub struct GrpcServer {
     config: ServeConfig,
     state: Arc<GrpcState>,
     readiness: Readiness,
-    incoming: LimitedIncoming,
-    router: tonic::transport::server::Router,
+    incoming: Incoming,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<GrpcAuthLayer, tower::layer::util::Identity>,
+    >,
 }
 
 impl GrpcServer {
     /// Checks the limits of `cfg`, takes `listener` (from [`bind_listener`]), and builds the
-    /// services over `scorer`, admitting calls through `admission`; health follows `readiness`.
+    /// services over `scorer`, admitting calls through `admission`; health follows `readiness`;
+    /// `security` authenticates every call and gives the port its TLS.
     pub async fn bind(
         cfg: ServeConfig,
         listener: tokio::net::TcpListener,
         scorer: Arc<Scorer>,
         admission: Arc<Admission>,
         readiness: Readiness,
+        security: &Security,
     ) -> Result<GrpcServer, ServerError> {
         let checked = check_limits(&cfg)?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: cfg.listen,
             source,
         })?;
-        let incoming = LimitedIncoming::new(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+        let incoming = Incoming::new(
+            listener,
             cfg.max_connections,
-        );
+            security.tls.clone().map(|t| (t, Port::Grpc)),
+            "grpc",
+        )
+        .map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::follow(&readiness, reporter).await;
         let state = Arc::new(GrpcState::new(
@@ -122,15 +137,18 @@ impl GrpcServer {
         // Deadlines are enforced by the service itself (unary: the client's grpc-timeout capped
         // by --request-timeout; streams: per round), so that an expired one is always answered
         // DEADLINE_EXCEEDED; tonic's own timeout layer would answer CANCELLED.
+        // Reflection is not served at all with --reflection off.
+        let reflection = security.auth.reflection() != ReflectionAccess::Off;
         let router = tonic::transport::Server::builder()
+            .layer(GrpcAuthLayer::new(security.auth.clone()))
             .http2_keepalive_interval(Some(cfg.keepalive_interval))
             .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
             .tcp_nodelay(true)
             .initial_connection_window_size(Some(8 << 20))
             .initial_stream_window_size(Some(4 << 20))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection.then_some(reflection_v1))
+            .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(scoring)
             .add_service(traced::Traced::new(
                 GrpcInferenceServiceServer::new(inference::Inference::new(

@@ -34,6 +34,7 @@ use crate::{
     admission::Admission,
     config::ServeConfig,
     scoring::{CallContext, Item, ModelSet, Rpc, Scorer},
+    security::Caller,
 };
 
 /// Metadata key of the request id, read from the client and echoed in the response.
@@ -111,6 +112,7 @@ impl CreditRisk {
         let started = Instant::now();
         let received_at = SystemTime::now();
         let state = &*self.state;
+        let caller = caller(&request)?;
         let _permit = state.admit()?;
         let request_id = request_id(request.metadata());
         let timeout = grpc_timeout(request.metadata())
@@ -119,6 +121,7 @@ impl CreditRisk {
             request_id: &request_id,
             rpc: Rpc::Unary,
             peer: request.remote_addr(),
+            caller: &caller,
             received_at,
             started,
             deadline: Some((started + timeout, timeout)),
@@ -159,6 +162,19 @@ pub(crate) fn record_call<T>(rpc: &str, answer: &Result<T, Status>, started: Ins
     let name = format!("{code:?}");
     crate::telemetry::traces::record_status(&name, super::status::is_server_fault(code));
     crate::monitoring::request("grpc", rpc, &name, started.elapsed());
+}
+
+/// The caller the authentication layer established (`security::auth`); a call it did not see
+/// is refused.
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            tracing::error!("a call reached a service without the authentication layer; refused");
+            Status::unauthenticated("the server could not authenticate this call")
+        })
 }
 
 /// The caller's request id when it is usable as one, else a new UUID v7.
@@ -221,6 +237,7 @@ impl CreditRiskService for CreditRisk {
         &self,
         request: Request<Streaming<pb::ScoreBatchRequest>>,
     ) -> Result<Response<Self::ScoreBatchStream>, Status> {
+        let caller = caller(&request)?;
         let permits = self.state.admit_stream()?;
         let request_id = request_id(request.metadata());
         let deadline = grpc_timeout(request.metadata()).map(|t| (Instant::now() + t, t));
@@ -234,6 +251,7 @@ impl CreditRiskService for CreditRisk {
             request_id: request_id.clone(),
             stream_id: Uuid::now_v7(),
             peer,
+            caller,
             deadline,
             trace_id,
             tx,
@@ -328,6 +346,7 @@ struct StreamJob {
     request_id: String,
     stream_id: Uuid,
     peer: Option<SocketAddr>,
+    caller: Caller,
     deadline: Option<(Instant, Duration)>,
     trace_id: Option<crate::scoring::TraceId>,
     tx: mpsc::Sender<Vec<pb::ScoreBatchResponse>>,
@@ -395,6 +414,7 @@ impl StreamJob {
                 position,
             },
             peer: self.peer,
+            caller: &self.caller,
             received_at,
             started,
             deadline: self.deadline,
@@ -447,6 +467,17 @@ impl StreamJob {
                     }
                     None => break,
                 }
+            }
+            // The caller's rate limit, counted in applications: wait until the round may go
+            // (reading nothing more meanwhile, so the client's sends block on HTTP/2 flow
+            // control), bounded by the deadline.
+            let applications: usize = round.iter().map(|m| m.applications.len()).sum();
+            let paced = self.caller.pace(applications);
+            match self.deadline {
+                Some((at, limit)) => tokio::time::timeout_at(at.into(), paced)
+                    .await
+                    .map_err(|_| ServeError::DeadlineExceeded(limit))?,
+                None => paced.await,
             }
             let started = Instant::now();
             let received_at = SystemTime::now();

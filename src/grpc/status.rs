@@ -24,7 +24,8 @@ impl GrpcError for ServeError {
             | ServeError::TooManyItems { .. } => Code::InvalidArgument,
             ServeError::Overloaded { .. }
             | ServeError::MessageTooLarge { .. }
-            | ServeError::BufferBudget { .. } => Code::ResourceExhausted,
+            | ServeError::BufferBudget { .. }
+            | ServeError::RateLimited(_) => Code::ResourceExhausted,
             ServeError::Unrecorded(_) => Code::Unavailable,
             ServeError::Unexplainable(_) => Code::FailedPrecondition,
             ServeError::DeadlineExceeded(_) | ServeError::StreamIdle(_) => Code::DeadlineExceeded,
@@ -100,6 +101,14 @@ impl From<ServeError> for Status {
                 );
                 Status::with_error_details(code, message, details)
             }
+            ServeError::RateLimited(limited) => match limited.retry_after() {
+                Some(after) => Status::with_error_details(
+                    code,
+                    message,
+                    ErrorDetails::with_retry_info(Some(after)),
+                ),
+                None => Status::new(code, message),
+            },
             _ => Status::new(code, message),
         }
     }

@@ -45,9 +45,9 @@ impl HttpError {
                 | ScoreError::InvalidItems(_)
                 | ScoreError::TooManyItems { .. }
                 | ScoreError::Unexplainable(_) => StatusCode::BAD_REQUEST,
-                ScoreError::Overloaded { .. } | ScoreError::BufferBudget { .. } => {
-                    StatusCode::TOO_MANY_REQUESTS
-                }
+                ScoreError::Overloaded { .. }
+                | ScoreError::BufferBudget { .. }
+                | ScoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
                 ScoreError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 ScoreError::Unrecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ScoreError::DeadlineExceeded(_) | ScoreError::StreamIdle(_) => {
@@ -76,8 +76,18 @@ impl HttpError {
         }
     }
 
-    /// Headers every error response carries: `Retry-After` when the client should retry.
+    /// Headers every error response carries: `Retry-After` when the client should retry (for
+    /// a rate limit: when its call would pass, in whole seconds rounded up; none for a batch
+    /// larger than the burst, which no retry can pass).
     fn finish(&self, mut resp: Response) -> Response {
+        if let HttpError::Score(ScoreError::RateLimited(limited)) = self {
+            if let Some(after) = limited.retry_after() {
+                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            return resp;
+        }
         if matches!(
             self.status(),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

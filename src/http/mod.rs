@@ -16,11 +16,19 @@ pub mod v2;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{extract::DefaultBodyLimit, Router};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 
 use crate::{
-    admission::Admission, config::ServeConfig, grpc::connections::Counted, readiness::Readiness,
+    admission::Admission,
+    config::ServeConfig,
+    readiness::Readiness,
     scoring::Scorer,
+    security::{
+        auth::http_middleware,
+        listener::{ConnInfo, Incoming},
+        tls::Port,
+        Security,
+    },
 };
 
 /// The readiness condition of the HTTP listener: set once it accepts connections.
@@ -115,17 +123,28 @@ async fn metrics(
 /// A bound, not yet running HTTP server.
 pub struct HttpServer {
     local_addr: SocketAddr,
-    listener: TcpListener,
-    max_connections: usize,
+    incoming: Incoming,
     router: Router,
     readiness: Readiness,
     shutdown_grace: Duration,
 }
 
 impl HttpServer {
-    /// Serves the routes of [`rest`] and [`v2`] on `listener`.
-    pub fn new(cfg: &ServeConfig, listener: TcpListener, state: Arc<HttpState>) -> HttpServer {
-        let local_addr = listener.local_addr().unwrap_or(cfg.http_listen);
+    /// Serves the routes of [`rest`] and [`v2`] on `listener`, authenticated and with the TLS
+    /// of `security`.
+    pub fn new(
+        cfg: &ServeConfig,
+        listener: TcpListener,
+        state: Arc<HttpState>,
+        security: &Security,
+    ) -> std::io::Result<HttpServer> {
+        let incoming = Incoming::new(
+            listener,
+            cfg.max_connections,
+            security.tls.clone().map(|t| (t, Port::Http)),
+            "http",
+        )?;
+        let local_addr = incoming.local_addr();
         let readiness = state.readiness.clone();
         // Bodies are read by `body::read` within each route's own limit; axum's default
         // limit would only add a second, smaller one.
@@ -136,19 +155,23 @@ impl HttpServer {
             .merge(v2::routes())
             .route("/metrics", axum::routing::get(metrics))
             .route_layer(axum::middleware::from_fn(track))
+            // Before any handler (so before any body is read): who calls, or 401.
+            .layer(axum::middleware::from_fn_with_state(
+                security.auth.clone(),
+                http_middleware,
+            ))
             .layer(DefaultBodyLimit::disable())
             .layer(tower_http::cors::CorsLayer::permissive())
             .with_state(state);
         readiness.set(HTTP_CONDITION, false);
         tracing::info!(%local_addr, "HTTP listening");
-        HttpServer {
+        Ok(HttpServer {
             local_addr,
-            listener,
-            max_connections: cfg.max_connections,
+            incoming,
             router,
             readiness,
             shutdown_grace: cfg.shutdown_grace,
-        }
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -161,17 +184,11 @@ impl HttpServer {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = LimitedListener {
-            inner: self.listener,
-            permits: Arc::new(Semaphore::new(self.max_connections.max(1))),
-            max: self.max_connections,
-            refused: 0,
-        };
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let serve = axum::serve(
-            listener,
+            self.incoming,
             self.router
-                .into_make_service_with_connect_info::<PeerAddr>(),
+                .into_make_service_with_connect_info::<ConnInfo>(),
         )
         .with_graceful_shutdown(async move {
             signal.await;
@@ -198,63 +215,7 @@ impl HttpServer {
     }
 }
 
-/// The client's address, for the decision log's `peer` column.
+/// The client's address, for the decision log's `peer` column (set by the authentication
+/// middleware from the connection's [`ConnInfo`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-/// Accepts at most `max` connections at once; one beyond it is closed as soon as it is
-/// accepted (as the gRPC port does, `--max-connections` each).
-pub struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-    max: usize,
-    refused: u64,
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = Counted<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (io, addr) = match self.inner.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, as axum's own listener does.
-                    tracing::warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let _ = io.set_nodelay(true);
-                    return (Counted::new(io, permit), addr);
-                }
-                Err(_) => {
-                    self.refused += 1;
-                    if self.refused.is_power_of_two() {
-                        tracing::warn!(
-                            limit = self.max,
-                            refused = self.refused,
-                            peer = %addr,
-                            "HTTP connection limit reached (--max-connections): closing new connections"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}

@@ -34,8 +34,11 @@ use super::{
     json_input::application_from_json,
     HttpState, PeerAddr,
 };
-use crate::scoring::{CallContext, Delivery, FeatureValue, Item, Role, Rpc, ScoreError, TraceId};
-use crate::telemetry::traces::CallTrace;
+use crate::{
+    scoring::{CallContext, Delivery, FeatureValue, Item, Role, Rpc, ScoreError, TraceId},
+    security::Caller,
+    telemetry::traces::CallTrace,
+};
 
 /// The header of the request id, read from the client and echoed (as on gRPC).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -216,6 +219,7 @@ fn call_context<'a>(
     request_id: &'a str,
     rpc: Rpc,
     peer: SocketAddr,
+    caller: &'a Caller,
     started: Instant,
     trace_id: Option<TraceId>,
 ) -> CallContext<'a> {
@@ -223,6 +227,7 @@ fn call_context<'a>(
         request_id,
         rpc,
         peer: Some(peer),
+        caller,
         received_at: SystemTime::now(),
         started,
         deadline: Some((started + state.request_timeout, state.request_timeout)),
@@ -235,6 +240,7 @@ async fn predict(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(CallTrace(trace_id)): Extension<CallTrace>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<ExplainQuery>,
     headers: HeaderMap,
     body: Body,
@@ -244,6 +250,7 @@ async fn predict(
     let answer = predict_one(
         &state,
         (peer, trace_id),
+        &caller,
         query.explain,
         &headers,
         body,
@@ -254,9 +261,11 @@ async fn predict(
     answered(answer, &request_id)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn predict_one(
     state: &HttpState,
     (peer, trace_id): (SocketAddr, Option<TraceId>),
+    caller: &Caller,
     explain: bool,
     headers: &HeaderMap,
     body: Body,
@@ -280,6 +289,7 @@ async fn predict_one(
         request_id,
         Rpc::Rest { batch: None },
         peer,
+        caller,
         started,
         trace_id,
     );
@@ -318,6 +328,7 @@ async fn predict_batch(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(CallTrace(trace_id)): Extension<CallTrace>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<ExplainQuery>,
     headers: HeaderMap,
     body: Body,
@@ -327,6 +338,7 @@ async fn predict_batch(
     let answer = predict_many(
         &state,
         (peer, trace_id),
+        &caller,
         query.explain,
         &headers,
         body,
@@ -385,9 +397,11 @@ fn batch_inputs(value: &Value, max_items: usize) -> Result<Vec<ApplicationInput>
     Ok(apps.iter().map(application_from_json).collect())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn predict_many(
     state: &HttpState,
     (peer, trace_id): (SocketAddr, Option<TraceId>),
+    caller: &Caller,
     explain: bool,
     headers: &HeaderMap,
     body: Body,
@@ -411,7 +425,7 @@ async fn predict_many(
     let rpc = Rpc::Rest {
         batch: Some((Uuid::now_v7(), 0)),
     };
-    let ctx = call_context(state, request_id, rpc, peer, started, trace_id);
+    let ctx = call_context(state, request_id, rpc, peer, caller, started, trace_id);
     let asked = vec![explain; if explain { inputs.len() } else { 0 }];
     let set = state.scorer.models();
     let answer = state

@@ -38,6 +38,7 @@ use super::{
 };
 use crate::{
     scoring::{CallContext, Delivery, Rpc, ScoreError, TraceId},
+    security::Caller,
     telemetry::traces::CallTrace,
     v2::{self, tensor, Data, DataType, InputTensor},
 };
@@ -181,27 +182,39 @@ async fn infer(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(CallTrace(trace_id)): Extension<CallTrace>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_response(&state, (peer, trace_id), &name, "", &headers, body).await
+    infer_response(&state, (peer, trace_id), &caller, &name, "", &headers, body).await
 }
 
 async fn infer_at(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(CallTrace(trace_id)): Extension<CallTrace>,
+    Extension(caller): Extension<Caller>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_response(&state, (peer, trace_id), &name, &version, &headers, body).await
+    infer_response(
+        &state,
+        (peer, trace_id),
+        &caller,
+        &name,
+        &version,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn infer_response(
     state: &HttpState,
     (peer, trace_id): (SocketAddr, Option<TraceId>),
+    caller: &Caller,
     name: &str,
     version: &str,
     headers: &HeaderMap,
@@ -212,6 +225,7 @@ async fn infer_response(
     let mut resp = match infer_inner(
         state,
         (peer, trace_id),
+        caller,
         name,
         version,
         headers,
@@ -416,6 +430,7 @@ fn data_json(d: &Data) -> Value {
 async fn infer_inner(
     state: &HttpState,
     (peer, trace_id): (SocketAddr, Option<TraceId>),
+    caller: &Caller,
     name: &str,
     version: &str,
     headers: &HeaderMap,
@@ -497,6 +512,7 @@ async fn infer_inner(
             position: 0,
         },
         peer: Some(peer),
+        caller,
         received_at,
         started,
         deadline: Some((started + state.request_timeout, state.request_timeout)),

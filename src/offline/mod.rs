@@ -204,6 +204,7 @@ fn score_batch(
             position: batch.first_row,
         },
         peer: None,
+        caller: crate::security::Caller::anonymous(),
         received_at,
         started,
         deadline: None,

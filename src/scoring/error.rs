@@ -51,6 +51,10 @@ pub enum ScoreError {
     /// covers); retraining the model writes them.
     #[error("this decision cannot be explained: {0}")]
     Unexplainable(String),
+    /// The caller's rate limit is used up (or a batch is larger than its burst); nothing was
+    /// decided.
+    #[error(transparent)]
+    RateLimited(#[from] crate::security::rate::RateLimited),
     /// The decision log could take neither the record nor spool it: no decision without a record.
     #[error("the decision could not be recorded, so it was not made: {0}")]
     Unrecorded(#[from] RecordError),

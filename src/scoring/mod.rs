@@ -95,6 +95,8 @@ pub struct CallContext<'a> {
     /// The entry point; for a batch, the position of its first item.
     pub rpc: Rpc,
     pub peer: Option<SocketAddr>,
+    /// Who called: its client id goes into the decision rows, its rate limit is charged.
+    pub caller: &'a crate::security::Caller,
     pub received_at: SystemTime,
     pub started: Instant,
     /// When the answer is due, and the limit it came from (for the error).
@@ -110,6 +112,15 @@ impl CallContext<'_> {
             Some((at, limit)) if Instant::now() >= at => Err(ScoreError::DeadlineExceeded(limit)),
             _ => Ok(()),
         }
+    }
+
+    /// Charges `n` applications to the caller's rate limit, before anything is decided: a
+    /// call over it gets no decision, so no row.
+    pub fn charge(&self, n: usize) -> Result<(), ScoreError> {
+        self.caller.charge(n).map_err(|e| {
+            crate::monitoring::rate_limited(self.caller.client_id());
+            ScoreError::RateLimited(e)
+        })
     }
 }
 
@@ -217,6 +228,7 @@ impl Scorer {
         asked: bool,
     ) -> Result<Answer, ScoreError> {
         ctx.check_deadline()?;
+        ctx.charge(1)?;
         let set = self.models();
         let validated = match input {
             Some(input) => input.validate(),
@@ -252,6 +264,7 @@ impl Scorer {
                 request_id: ctx.request_id,
                 rpc: ctx.rpc,
                 peer: ctx.peer,
+                client_id: ctx.caller.client_id(),
                 received_at: ctx.received_at,
                 decided_at: SystemTime::now(),
                 latency: ctx.started.elapsed(),
@@ -431,6 +444,7 @@ impl Scorer {
                     request_id: ctx.request_id,
                     rpc: ctx.rpc.advanced(i as u64),
                     peer: ctx.peer,
+                    client_id: ctx.caller.client_id(),
                     received_at: ctx.received_at,
                     decided_at,
                     latency,
@@ -511,6 +525,7 @@ impl Scorer {
         delivery: Delivery,
     ) -> Result<BatchAnswer, ScoreError> {
         ctx.check_deadline()?;
+        ctx.charge(inputs.len())?;
         let items = self.decide_for(&set, inputs, asked, delivery)?;
         let invalid: Vec<usize> = items
             .iter()

@@ -105,6 +105,8 @@ pub struct DecisionRecord<'a> {
     pub request_id: &'a str,
     pub rpc: Rpc,
     pub peer: Option<SocketAddr>,
+    /// The authenticated client (`None`: anonymous; see `security`).
+    pub client_id: Option<&'a str>,
     pub received_at: SystemTime,
     pub decided_at: SystemTime,
     /// Server time spent on the item (for a stream: on its chunk).

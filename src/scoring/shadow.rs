@@ -52,6 +52,7 @@ struct Job {
     request_id: String,
     rpc: Rpc,
     peer: Option<SocketAddr>,
+    client_id: Option<String>,
     received_at: SystemTime,
     trace_id: Option<super::TraceId>,
     work: Work,
@@ -107,6 +108,7 @@ impl ShadowRunner {
             rpc: ctx.rpc,
             peer: ctx.peer,
             trace_id: ctx.trace_id,
+            client_id: ctx.caller.client_id().map(str::to_owned),
             received_at: ctx.received_at,
             work,
         };
@@ -145,6 +147,7 @@ fn run(job: &Job, recorder: Option<&dyn DecisionRecorder>, stats: &ShadowStats) 
                     request_id: &job.request_id,
                     rpc: job.rpc.advanced(*offset),
                     peer: job.peer,
+                    client_id: job.client_id.as_deref(),
                     received_at: job.received_at,
                     decided_at,
                     latency,

@@ -12,5 +12,6 @@ mod registry;
 mod rest;
 mod robustness;
 mod score;
+mod security;
 mod v2;
 mod validation;
