@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{pin_mut, SinkExt};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::copy_row::column_list;
 use super::row::DecisionRow;
@@ -147,15 +148,29 @@ pub type Result<T, E = DbError> = std::result::Result<T, E>;
 
 /// The database name in the URL, if any.
 pub fn dbname(url: &DatabaseUrl) -> Option<String> {
-    pg_config(url).ok()?.get_dbname().map(str::to_owned)
+    pg_config(url).ok()?.0.get_dbname().map(str::to_owned)
 }
 
-fn pg_config(url: &DatabaseUrl) -> Result<Config> {
-    Config::from_str(url.expose()).map_err(|e| DbError::Url(format!("{}: {e}", url.redacted())))
+/// tokio-postgres's configuration of `url`, and the TLS connector its `sslmode` asks for
+/// ([`super::pg_tls`]). Errors show the URL redacted.
+fn pg_config(url: &DatabaseUrl) -> Result<(Config, MakeRustlsConnect)> {
+    let bad = |e: String| DbError::Url(format!("{}: {e}", url.redacted()));
+    let (plain, tls) = super::pg_tls::split_url(url.expose()).map_err(bad)?;
+    let mut cfg = Config::from_str(&plain).map_err(|e| bad(e.to_string()))?;
+    if plain.starts_with("postgres") {
+        cfg.ssl_mode(tls.mode.for_tokio_postgres());
+    }
+    let connector = super::pg_tls::connector(&tls).map_err(bad)?;
+    Ok((cfg, connector))
 }
 
-async fn connect_config(cfg: &Config, url: &DatabaseUrl, timeout: Duration) -> Result<Client> {
-    let fut = cfg.connect(NoTls);
+async fn connect_config(
+    cfg: &Config,
+    tls: &MakeRustlsConnect,
+    url: &DatabaseUrl,
+    timeout: Duration,
+) -> Result<Client> {
+    let fut = cfg.connect(tls.clone());
     let (client, conn) = tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| DbError::ConnectTimeout(timeout))?
@@ -174,19 +189,19 @@ async fn connect_config(cfg: &Config, url: &DatabaseUrl, timeout: Duration) -> R
 /// Connects to the database of `url`, creating the database first if it does not exist and
 /// the role may create it.
 pub async fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<Client> {
-    let mut cfg = pg_config(url)?;
+    let (mut cfg, tls) = pg_config(url)?;
     cfg.application_name("cra-audit")
         .connect_timeout(timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         .tcp_user_timeout(timeout.max(Duration::from_secs(10)));
-    match connect_config(&cfg, url, timeout).await {
+    match connect_config(&cfg, &tls, url, timeout).await {
         Err(DbError::Connect { source, .. })
             if source.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
         {
             let db = cfg.get_dbname().unwrap_or("postgres").to_owned();
-            create_database(&cfg, url, &db, timeout).await?;
-            connect_config(&cfg, url, timeout).await
+            create_database(&cfg, &tls, url, &db, timeout).await?;
+            connect_config(&cfg, &tls, url, timeout).await
         }
         other => other,
     }
@@ -194,13 +209,14 @@ pub async fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<Client> {
 
 async fn create_database(
     cfg: &Config,
+    tls: &MakeRustlsConnect,
     url: &DatabaseUrl,
     db: &str,
     timeout: Duration,
 ) -> Result<()> {
     let mut admin = cfg.clone();
     admin.dbname("postgres");
-    let client = connect_config(&admin, url, timeout).await?;
+    let client = connect_config(&admin, tls, url, timeout).await?;
     let sql = format!("CREATE DATABASE \"{}\"", db.replace('"', "\"\""));
     match client.batch_execute(&sql).await {
         Ok(()) => {
@@ -406,6 +422,19 @@ mod tests {
         assert_eq!(dbname(&u).as_deref(), Some("cra"));
         let kv: DatabaseUrl = "host=localhost password=s3cret dbname=cra".parse().unwrap();
         assert!(!format!("{kv:?}").contains("s3cret"));
+        // libpq also takes the password as a query parameter, in any letter case or
+        // percent-encoded.
+        for url in [
+            "postgres://alice@db/cra?password=s3cret",
+            "postgres://alice@db/cra?sslmode=require&PASSWORD=s3cret",
+            "postgres://alice@db/cra?pass%77ord=s3cret",
+            "postgres://alice:s3cret@db/cra?password=s3cret&sslmode=disable",
+        ] {
+            let u: DatabaseUrl = url.parse().unwrap();
+            for shown in [format!("{u}"), format!("{u:?}"), u.redacted()] {
+                assert!(!shown.contains("s3cret"), "{url} shown as {shown}");
+            }
+        }
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! - [`writer`]: [`DecisionLog`], the non-blocking, batched writer with its spool fallback;
 //! - [`spool`]: the checksummed on-disk segments used while PostgreSQL is down or slow;
 //! - [`recorder`]: the `DecisionLog` as the server's `DecisionRecorder`;
-//! - [`db`]: connecting, migrations (`migrations/`), partitions, the idempotent COPY path.
+//! - [`db`]: connecting, migrations (`migrations/`), partitions, the idempotent COPY path;
+//! - [`pg_tls`]: TLS to PostgreSQL as the URL's `sslmode` and `sslrootcert` say.
 
 pub mod copy_row;
 pub mod db;
+pub mod pg_tls;
 pub mod recorder;
 pub mod row;
 pub mod spool;
