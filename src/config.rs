@@ -45,6 +45,10 @@ pub enum Command {
     /// Manage the API keys file of `cra serve --api-keys`: add a key (shown once), list the
     /// clients, revoke keys.
     Keys(KeysArgs),
+    /// Write a model bundle from an XGBoost booster trained elsewhere (e.g. in a scikit-learn
+    /// pipeline) and its fitted preprocessing; the bundle is verified against the original
+    /// pipeline's canary probabilities before it is written.
+    Import(ImportArgs),
 }
 
 /// `cra keys`.
@@ -123,6 +127,24 @@ pub struct SecurityArgs {
     /// name) is the client id; an API key is then optional.
     #[arg(long, env = "CRA_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+}
+
+/// `cra import`: a bundle from a booster file and a preprocessing spec.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The booster as XGBoost saved it: `model.json` (JSON) or `model.ubj` (UBJSON).
+    #[arg(long)]
+    pub booster: PathBuf,
+    /// The preprocessing spec (JSON): the fitted scaler and encoder and canary rows with the
+    /// original pipeline's probabilities, as `cra.sklearn_spec(pipeline)` in Python writes it.
+    #[arg(long)]
+    pub preprocessing: PathBuf,
+    /// The reason-code table (`reason_codes.json`); default: the standard table.
+    #[arg(long)]
+    pub reason_codes: Option<PathBuf>,
+    /// The bundle directory to write; it must not exist.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `cra generate`.

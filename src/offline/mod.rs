@@ -233,14 +233,6 @@ fn score_batch(
     })
 }
 
-/// The `error` text of an invalid row: every violation, `field: description`, joined by `; `.
-pub fn violations_text(v: &[cra_model::FieldViolation]) -> String {
-    v.iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn write_scored(
     writer: &mut OutputWriter,
     s: &Scored,
@@ -250,7 +242,7 @@ fn write_scored(
         .items
         .iter()
         .map(|item| match item {
-            Item::Invalid(v) => Some(violations_text(v)),
+            Item::Invalid(v) => Some(cra_model::arrow_io::violations_text(v)),
             Item::Scored { .. } => None,
         })
         .collect();

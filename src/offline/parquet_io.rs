@@ -20,7 +20,8 @@
 //! | `application_id` (optional) | those strings, or any integer type (written as decimal text)  |
 //!
 //! Every column may hold nulls, and a column whose Arrow type is `Null` (every value null, as
-//! pyarrow writes an all-`None` column) is accepted for each of them.
+//! pyarrow writes an all-`None` column) is accepted for each of them. The columns are read, and
+//! the output columns built, by [`cra_model::arrow_io`], which the Python package shares.
 //!
 //! Output columns, in order: the id (`application_id` Utf8, or `row` UInt64, the 0-based row
 //! number in the input file), then `probability_default` Float64, `risk_score` Float64,
@@ -32,19 +33,11 @@ use std::{
     fs::{self, File},
     panic::{self, AssertUnwindSafe},
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use arrow::{
-    array::{
-        Array, ArrayRef, ArrowPrimitiveType, AsArray, Float64Array, Int8Array, RecordBatch,
-        StringArray, UInt64Array,
-    },
-    compute::cast,
-    datatypes::{
-        DataType, Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-        Schema, SchemaRef, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
-    },
+    array::RecordBatch,
+    datatypes::{Schema, SchemaRef},
 };
 use parquet::{
     arrow::{
@@ -58,38 +51,16 @@ use parquet::{
 
 use cra_model::application::{CATEGORICAL_INPUTS, NUMERIC_INPUTS};
 use cra_model::explain::Explanation;
-use cra_model::input::{ApplicationInput, Category};
+use cra_model::input::ApplicationInput;
 
-/// The optional input column, and the output id column when the input has it.
-pub const APPLICATION_ID_COLUMN: &str = "application_id";
-
-/// The output id column when the input has no `application_id`: the 0-based input row number.
-pub const ROW_COLUMN: &str = "row";
-
-/// The output columns after the id column, in order.
-pub const OUTPUT_SCORE_COLUMNS: [&str; 7] = [
-    "probability_default",
-    "risk_score",
-    "risk_level",
-    "prediction",
-    "margin",
-    "model_version",
-    "error",
-];
+use cra_model::arrow_io as columns;
+pub use cra_model::arrow_io::{
+    output_schema, output_schema_with, IdColumn, OutputRow, ScoredColumns, APPLICATION_ID_COLUMN,
+    OUTPUT_SCORE_COLUMNS, ROW_COLUMN,
+};
 
 /// Rows per output row group: the writer holds at most this many encoded rows in memory.
 pub const OUTPUT_ROWS_PER_ROW_GROUP: usize = 64 * 1024;
-
-/// The numeric types accepted for the numeric inputs, as named in errors.
-const ACCEPTED_NUMERIC: &str =
-    "Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Float32 or Float64";
-
-/// The string types accepted for the categorical inputs, as named in errors.
-const ACCEPTED_STRING: &str = "Utf8, LargeUtf8, Utf8View, or a dictionary of one of them";
-
-/// The types accepted for `application_id`, as named in errors.
-const ACCEPTED_APPLICATION_ID: &str =
-    "a string (Utf8, LargeUtf8, Utf8View, or a dictionary of one of them) or an integer type";
 
 /// Errors reading an input file or writing an output file. Each names the file and says what
 /// to do about it.
@@ -170,151 +141,7 @@ pub enum OfflineIoError {
 /// The message of [`OfflineIoError::Schema`]: every schema problem at once, and what a file
 /// needs.
 fn schema_message(path: &Path, missing: &[String], mistyped: &[String]) -> String {
-    let mut problems = Vec::new();
-    if !missing.is_empty() {
-        problems.push(format!("it lacks the column(s) {}", missing.join(", ")));
-    }
-    if !mistyped.is_empty() {
-        problems.push(format!(
-            "column(s) of the wrong type: {}",
-            mistyped.join("; ")
-        ));
-    }
-    format!(
-        "{} cannot be scored: {}. An input file needs the numeric columns {} ({ACCEPTED_NUMERIC}) \
-         and the categorical columns {} ({ACCEPTED_STRING}); {APPLICATION_ID_COLUMN} is optional \
-         and other columns are ignored",
-        path.display(),
-        problems.join("; "),
-        NUMERIC_INPUTS.join(", "),
-        CATEGORICAL_INPUTS.join(", "),
-    )
-}
-
-// ---------------------------------------------------------------------------------------------
-// Where each input column goes in an `ApplicationInput`.
-
-/// Gives access to one numeric field of an [`ApplicationInput`].
-type NumericSlot = fn(&mut ApplicationInput) -> &mut Option<f64>;
-
-/// Gives access to one categorical field of an [`ApplicationInput`].
-type CategorySlot = fn(&mut ApplicationInput) -> &mut Category;
-
-/// `[(field name, accessor)]` for the listed fields of [`ApplicationInput`].
-macro_rules! field_slots {
-    ($field_type:ty; $($field:ident),+ $(,)?) => {
-        [$((stringify!($field), {
-            fn slot(input: &mut ApplicationInput) -> &mut $field_type {
-                &mut input.$field
-            }
-            slot as fn(&mut ApplicationInput) -> &mut $field_type
-        })),+]
-    };
-}
-
-/// The numeric fields, in [`NUMERIC_INPUTS`] order (checked at compile time below).
-const NUMERIC_SLOTS: [(&str, NumericSlot); NUMERIC_INPUTS.len()] = field_slots!(
-    Option<f64>;
-    age,
-    income,
-    employment_length,
-    credit_score,
-    num_credit_lines,
-    credit_utilization,
-    debt_to_income,
-    total_debt,
-    savings,
-    loan_amount,
-    loan_term,
-    num_late_payments,
-    num_bankruptcies,
-    inquiries_last_6m,
-);
-
-/// The categorical fields, in [`CATEGORICAL_INPUTS`] order (checked at compile time below).
-const CATEGORY_SLOTS: [(&str, CategorySlot); CATEGORICAL_INPUTS.len()] =
-    field_slots!(Category; employment_status, home_ownership, loan_purpose);
-
-/// Whether two strings are equal, usable in a constant.
-const fn same_str(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// Whether `slots` names exactly `names`, in order.
-const fn slots_follow<T, const N: usize>(slots: &[(&str, T); N], names: &[&str; N]) -> bool {
-    let mut i = 0;
-    while i < N {
-        if !same_str(slots[i].0, names[i]) {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-// If cra-model renames, adds or reorders an input, this module stops compiling here instead of
-// silently leaving a field unread.
-const _: () = assert!(
-    slots_follow(&NUMERIC_SLOTS, &NUMERIC_INPUTS),
-    "NUMERIC_SLOTS must list cra_model::application::NUMERIC_INPUTS, in order"
-);
-const _: () = assert!(
-    slots_follow(&CATEGORY_SLOTS, &CATEGORICAL_INPUTS),
-    "CATEGORY_SLOTS must list cra_model::application::CATEGORICAL_INPUTS, in order"
-);
-
-// ---------------------------------------------------------------------------------------------
-// Accepted column types.
-
-fn is_integer_type(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-    )
-}
-
-fn is_numeric_type(data_type: &DataType) -> bool {
-    is_integer_type(data_type)
-        || matches!(
-            data_type,
-            DataType::Float32 | DataType::Float64 | DataType::Null
-        )
-}
-
-fn is_plain_string_type(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    )
-}
-
-fn is_string_type(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Dictionary(_, values) => is_plain_string_type(values),
-        other => is_plain_string_type(other) || matches!(other, DataType::Null),
-    }
-}
-
-fn is_application_id_type(data_type: &DataType) -> bool {
-    is_string_type(data_type) || is_integer_type(data_type)
+    columns::schema_message(&path.display().to_string(), missing, mistyped)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,72 +328,14 @@ impl Iterator for InputReader {
     }
 }
 
-/// Checks that every input column is present once with an accepted type, and that an
-/// `application_id` column, if any, is too. Returns the index of `application_id`.
+/// Checks that every input column is present once with an accepted type (every problem named
+/// in one [`OfflineIoError::Schema`]). Returns the index of `application_id`.
 fn check_schema(path: &Path, schema: &Schema) -> Result<Option<usize>, OfflineIoError> {
-    let mut missing = Vec::new();
-    let mut mistyped = Vec::new();
-    let mut check = |name: &str, required: bool, accepted: fn(&DataType) -> bool, what: &str| {
-        let matches: Vec<(usize, &Field)> = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, field)| field.name() == name)
-            .map(|(index, field)| (index, field.as_ref()))
-            .collect();
-        match matches.as_slice() {
-            [] => {
-                if required {
-                    let other_case = schema
-                        .fields()
-                        .iter()
-                        .find(|field| field.name().eq_ignore_ascii_case(name));
-                    missing.push(match other_case {
-                        Some(field) => format!(
-                            "{name} (there is a column {:?}: names are case-sensitive)",
-                            field.name()
-                        ),
-                        None => name.to_owned(),
-                    });
-                }
-                None
-            }
-            [(index, field)] => {
-                if !accepted(field.data_type()) {
-                    mistyped.push(format!("{name} is {}; accepted: {what}", field.data_type()));
-                }
-                Some(*index)
-            }
-            several => {
-                mistyped.push(format!(
-                    "{name} appears {} times; keep one column of that name",
-                    several.len()
-                ));
-                None
-            }
-        }
-    };
-    for name in NUMERIC_INPUTS {
-        check(name, true, is_numeric_type, ACCEPTED_NUMERIC);
-    }
-    for name in CATEGORICAL_INPUTS {
-        check(name, true, is_string_type, ACCEPTED_STRING);
-    }
-    let application_id_index = check(
-        APPLICATION_ID_COLUMN,
-        false,
-        is_application_id_type,
-        ACCEPTED_APPLICATION_ID,
-    );
-    if missing.is_empty() && mistyped.is_empty() {
-        Ok(application_id_index)
-    } else {
-        Err(OfflineIoError::Schema {
-            path: path.to_owned(),
-            missing,
-            mistyped,
-        })
-    }
+    columns::check_schema(schema).map_err(|p| OfflineIoError::Schema {
+        path: path.to_owned(),
+        missing: p.missing,
+        mistyped: p.mistyped,
+    })
 }
 
 /// The row count a Parquet footer declares, once it is checked to be consistent: not negative,
@@ -611,272 +380,17 @@ fn decode_batch(
     batch: &RecordBatch,
     first_row: u64,
 ) -> Result<Vec<ApplicationInput>, OfflineIoError> {
-    let mut inputs = vec![ApplicationInput::default(); batch.num_rows()];
-    let decode_error =
-        |column: &'static str, message: String, accepted: &'static str| OfflineIoError::Decode {
-            path: path.to_owned(),
-            column,
-            first_row,
-            message,
-            accepted,
-        };
-    let column = |name: &'static str, accepted: &'static str| {
-        batch.column_by_name(name).ok_or_else(|| {
-            decode_error(
-                name,
-                "the column is missing from the decoded batch".into(),
-                accepted,
-            )
-        })
-    };
-    for (name, slot) in NUMERIC_SLOTS {
-        let values = column(name, ACCEPTED_NUMERIC)?;
-        fill_numeric(values.as_ref(), &mut inputs, slot)
-            .map_err(|message| decode_error(name, message, ACCEPTED_NUMERIC))?;
-    }
-    for (name, slot) in CATEGORY_SLOTS {
-        let values = column(name, ACCEPTED_STRING)?;
-        fill_category(values.as_ref(), &mut inputs, slot)
-            .map_err(|message| decode_error(name, message, ACCEPTED_STRING))?;
-    }
-    if let Some(values) = batch.column_by_name(APPLICATION_ID_COLUMN) {
-        fill_application_id(values.as_ref(), &mut inputs).map_err(|message| {
-            decode_error(APPLICATION_ID_COLUMN, message, ACCEPTED_APPLICATION_ID)
-        })?;
-    }
-    Ok(inputs)
-}
-
-/// An error unless `column` has one value per application.
-fn check_length(column: &dyn Array, inputs: &[ApplicationInput]) -> Result<(), String> {
-    if column.len() == inputs.len() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the column holds {} values for {} rows",
-            column.len(),
-            inputs.len()
-        ))
-    }
-}
-
-/// Sets one numeric field of every application from `column`: null → `None`, a value →
-/// `Some(value as f64)` (NaN stays NaN; every integer up to 2^53 is exact).
-fn fill_numeric(
-    column: &dyn Array,
-    inputs: &mut [ApplicationInput],
-    slot: NumericSlot,
-) -> Result<(), String> {
-    check_length(column, inputs)?;
-    match column.data_type() {
-        DataType::Null => {
-            inputs.iter_mut().for_each(|input| *slot(input) = None);
-            Ok(())
-        }
-        DataType::Int8 => fill_primitive::<Int8Type>(column, inputs, slot, f64::from),
-        DataType::Int16 => fill_primitive::<Int16Type>(column, inputs, slot, f64::from),
-        DataType::Int32 => fill_primitive::<Int32Type>(column, inputs, slot, f64::from),
-        DataType::Int64 => fill_primitive::<Int64Type>(column, inputs, slot, |v| v as f64),
-        DataType::UInt8 => fill_primitive::<UInt8Type>(column, inputs, slot, f64::from),
-        DataType::UInt16 => fill_primitive::<UInt16Type>(column, inputs, slot, f64::from),
-        DataType::UInt32 => fill_primitive::<UInt32Type>(column, inputs, slot, f64::from),
-        DataType::UInt64 => fill_primitive::<UInt64Type>(column, inputs, slot, |v| v as f64),
-        DataType::Float32 => fill_primitive::<Float32Type>(column, inputs, slot, f64::from),
-        DataType::Float64 => fill_primitive::<Float64Type>(column, inputs, slot, |v| v),
-        other => Err(format!("the column is {other}")),
-    }
-}
-
-fn fill_primitive<T: ArrowPrimitiveType>(
-    column: &dyn Array,
-    inputs: &mut [ApplicationInput],
-    slot: NumericSlot,
-    to_f64: impl Fn(T::Native) -> f64,
-) -> Result<(), String> {
-    let values = column
-        .as_primitive_opt::<T>()
-        .ok_or_else(|| format!("the column is not a readable {}", T::DATA_TYPE))?;
-    for (input, value) in inputs.iter_mut().zip(values.iter()) {
-        *slot(input) = value.map(&to_f64);
-    }
-    Ok(())
-}
-
-/// Sets one categorical field of every application from `column`: null → `Absent`, a string
-/// → `Name(string)` as written (even an empty or unknown one: validation names it).
-fn fill_category(
-    column: &dyn Array,
-    inputs: &mut [ApplicationInput],
-    slot: CategorySlot,
-) -> Result<(), String> {
-    check_length(column, inputs)?;
-    for_each_string(column, |row, value| {
-        if let Some(input) = inputs.get_mut(row) {
-            *slot(input) = value.map_or(Category::Absent, |s| Category::Name(s.to_owned()));
-        }
+    columns::decode_batch(batch).map_err(|e| OfflineIoError::Decode {
+        path: path.to_owned(),
+        column: e.column,
+        first_row,
+        message: e.message,
+        accepted: e.accepted,
     })
-}
-
-/// Sets `application_id` of every application from `column`: a string as written, an integer
-/// in decimal, null → empty.
-fn fill_application_id(column: &dyn Array, inputs: &mut [ApplicationInput]) -> Result<(), String> {
-    check_length(column, inputs)?;
-    fn integers<T: ArrowPrimitiveType>(
-        column: &dyn Array,
-        inputs: &mut [ApplicationInput],
-    ) -> Result<(), String>
-    where
-        T::Native: std::fmt::Display,
-    {
-        let values = column
-            .as_primitive_opt::<T>()
-            .ok_or_else(|| format!("the column is not a readable {}", T::DATA_TYPE))?;
-        for (input, value) in inputs.iter_mut().zip(values.iter()) {
-            input.application_id = value.map(|v| v.to_string()).unwrap_or_default();
-        }
-        Ok(())
-    }
-    match column.data_type() {
-        DataType::Int8 => integers::<Int8Type>(column, inputs),
-        DataType::Int16 => integers::<Int16Type>(column, inputs),
-        DataType::Int32 => integers::<Int32Type>(column, inputs),
-        DataType::Int64 => integers::<Int64Type>(column, inputs),
-        DataType::UInt8 => integers::<UInt8Type>(column, inputs),
-        DataType::UInt16 => integers::<UInt16Type>(column, inputs),
-        DataType::UInt32 => integers::<UInt32Type>(column, inputs),
-        DataType::UInt64 => integers::<UInt64Type>(column, inputs),
-        _ => for_each_string(column, |row, value| {
-            if let Some(input) = inputs.get_mut(row) {
-                input.application_id = value.unwrap_or_default().to_owned();
-            }
-        }),
-    }
-}
-
-/// Calls `visit(row, value)` for every row of a string column (`None` for a null); a
-/// dictionary is unpacked one batch at a time.
-fn for_each_string(
-    column: &dyn Array,
-    mut visit: impl FnMut(usize, Option<&str>),
-) -> Result<(), String> {
-    let not_readable = || format!("the column is not a readable {}", column.data_type());
-    match column.data_type() {
-        DataType::Null => {
-            (0..column.len()).for_each(|row| visit(row, None));
-            Ok(())
-        }
-        DataType::Utf8 => {
-            let strings = column.as_string_opt::<i32>().ok_or_else(not_readable)?;
-            strings
-                .iter()
-                .enumerate()
-                .for_each(|(row, v)| visit(row, v));
-            Ok(())
-        }
-        DataType::LargeUtf8 => {
-            let strings = column.as_string_opt::<i64>().ok_or_else(not_readable)?;
-            strings
-                .iter()
-                .enumerate()
-                .for_each(|(row, v)| visit(row, v));
-            Ok(())
-        }
-        DataType::Utf8View => {
-            let strings = column.as_string_view_opt().ok_or_else(not_readable)?;
-            strings
-                .iter()
-                .enumerate()
-                .for_each(|(row, v)| visit(row, v));
-            Ok(())
-        }
-        DataType::Dictionary(_, values) if is_plain_string_type(values) => {
-            let unpacked =
-                cast(column, values).map_err(|e| format!("cannot unpack the dictionary: {e}"))?;
-            for_each_string(unpacked.as_ref(), visit)
-        }
-        other => Err(format!("the column is {other}")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Writing.
-
-/// The first column of an output file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdColumn {
-    /// `application_id` (Utf8): the input's `application_id`, as read.
-    ApplicationId,
-    /// `row` (UInt64): the 0-based row number in the input file.
-    RowNumber,
-}
-
-/// The scores of one application, as written to the output.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ScoredColumns<'a> {
-    pub probability_default: f64,
-    pub risk_score: f64,
-    pub risk_level: &'a str,
-    /// 0 or 1.
-    pub prediction: u8,
-    pub margin: f64,
-    pub model_version: &'a str,
-}
-
-/// One output row: scores for a scored application, or `error` for one that was not scored.
-/// Both are written as given.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutputRow<'a> {
-    /// 0-based row number in the input file (written when the id column is [`IdColumn::RowNumber`]).
-    pub row: u64,
-    /// Written when the id column is [`IdColumn::ApplicationId`].
-    pub application_id: &'a str,
-    /// `None` writes nulls in the score columns and `model_version`.
-    pub scored: Option<ScoredColumns<'a>>,
-    /// `None` writes a null `error`.
-    pub error: Option<&'a str>,
-}
-
-/// The schema of an output file whose first column is `id`, with the explanation columns
-/// (`reason_codes`, `reasons`, `base_margin`, then `contribution_<feature>` per model feature)
-/// when `explain`.
-pub fn output_schema_with(id: IdColumn, explain: bool) -> SchemaRef {
-    let base = output_schema(id);
-    if !explain {
-        return base;
-    }
-    let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("reason_codes", DataType::Utf8, true));
-    fields.push(Field::new("reasons", DataType::Utf8, true));
-    fields.push(Field::new("base_margin", DataType::Float64, true));
-    for f in cra_model::preprocess::feature_names() {
-        fields.push(Field::new(
-            format!("contribution_{f}"),
-            DataType::Float64,
-            true,
-        ));
-    }
-    Arc::new(Schema::new(fields))
-}
-
-/// The schema of an output file whose first column is `id`.
-pub fn output_schema(id: IdColumn) -> SchemaRef {
-    let id_field = match id {
-        IdColumn::ApplicationId => Field::new(APPLICATION_ID_COLUMN, DataType::Utf8, false),
-        IdColumn::RowNumber => Field::new(ROW_COLUMN, DataType::UInt64, false),
-    };
-    let [probability_default, risk_score, risk_level, prediction, margin, model_version, error] =
-        OUTPUT_SCORE_COLUMNS;
-    Arc::new(Schema::new(vec![
-        id_field,
-        Field::new(probability_default, DataType::Float64, true),
-        Field::new(risk_score, DataType::Float64, true),
-        Field::new(risk_level, DataType::Utf8, true),
-        Field::new(prediction, DataType::Int8, true),
-        Field::new(margin, DataType::Float64, true),
-        Field::new(model_version, DataType::Utf8, true),
-        Field::new(error, DataType::Utf8, true),
-    ]))
-}
 
 /// Writes scored rows to a Parquet file (snappy), one record batch per [`OutputWriter::write`]
 /// call and a row group every [`OUTPUT_ROWS_PER_ROW_GROUP`] rows.
@@ -1107,67 +621,13 @@ impl OutputWriter {
         rows: &[OutputRow<'_>],
         explanations: &[Option<&Explanation>],
     ) -> Result<RecordBatch, String> {
-        let id: ArrayRef = match self.id_column {
-            IdColumn::ApplicationId => Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.application_id),
-            )),
-            IdColumn::RowNumber => {
-                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.row)))
-            }
-        };
-        let numbers = |value: fn(&ScoredColumns<'_>) -> f64| -> ArrayRef {
-            Arc::new(Float64Array::from_iter(
-                rows.iter().map(|r| r.scored.as_ref().map(value)),
-            ))
-        };
-        let mut columns: Vec<ArrayRef> = vec![
-            id,
-            numbers(|s| s.probability_default),
-            numbers(|s| s.risk_score),
-            Arc::new(StringArray::from_iter(
-                rows.iter().map(|r| r.scored.map(|s| s.risk_level)),
-            )),
-            Arc::new(Int8Array::from_iter(
-                rows.iter()
-                    .map(|r| r.scored.map(|s| i8::from(s.prediction == 1))),
-            )),
-            numbers(|s| s.margin),
-            Arc::new(StringArray::from_iter(
-                rows.iter().map(|r| r.scored.map(|s| s.model_version)),
-            )),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error))),
-        ];
-        if self.explain {
-            let e = |i: usize| explanations.get(i).copied().flatten();
-            let n = rows.len();
-            let join = |f: fn(&cra_model::explain::Reason) -> String, sep: &str| -> ArrayRef {
-                Arc::new(StringArray::from_iter((0..n).map(|i| {
-                    e(i).map(|x| x.reasons.iter().map(f).collect::<Vec<_>>().join(sep))
-                })))
-            };
-            columns.push(join(|r| r.code.clone(), " "));
-            columns.push(join(
-                |r| {
-                    let fifth = if r.fifth_factor {
-                        " (fifth key factor)"
-                    } else {
-                        ""
-                    };
-                    format!("{}: {}{fifth}", r.code, r.description)
-                },
-                "; ",
-            ));
-            columns.push(Arc::new(Float64Array::from_iter(
-                (0..n).map(|i| e(i).map(|x| x.base_margin)),
-            )));
-            for f in 0..cra_model::NUM_FEATURES {
-                columns.push(Arc::new(Float64Array::from_iter((0..n).map(|i| {
-                    e(i).and_then(|x| x.contributions.get(f))
-                        .map(|c| c.contribution)
-                }))));
-            }
-        }
-        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())
+        columns::output_batch(
+            &self.schema,
+            self.id_column,
+            self.explain,
+            rows,
+            explanations,
+        )
     }
 }
 
@@ -1218,10 +678,14 @@ fn temp_path_for(path: &Path) -> Result<PathBuf, OfflineIoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{ArrayRef, AsArray, Float64Array, StringArray, UInt64Array};
     use arrow::array::{
         DictionaryArray, Float32Array, Int16Array, Int32Array, Int64Array, LargeStringArray,
         StringViewArray, UInt16Array, UInt32Array, UInt8Array,
     };
+    use arrow::datatypes::{Float64Type, Int32Type, Int8Type, UInt64Type};
+    use cra_model::input::Category;
+    use std::sync::Arc;
 
     /// Writes `batch` as a snappy Parquet file with row groups of `rows_per_group` rows.
     fn write_input(path: &Path, batch: &RecordBatch, rows_per_group: usize) {
@@ -2072,38 +1536,5 @@ mod tests {
         send::<InputReader>();
         send::<OutputWriter>();
         send_sync::<OfflineIoError>();
-    }
-
-    #[test]
-    fn slot_tables_cover_every_input_field() {
-        let mut input = ApplicationInput::default();
-        for (index, (_, slot)) in NUMERIC_SLOTS.iter().enumerate() {
-            *slot(&mut input) = Some(index as f64);
-        }
-        for (_, slot) in CATEGORY_SLOTS {
-            *slot(&mut input) = Category::Code(1);
-        }
-        // Every field was reached once: no slot points at another's field.
-        let numbers = [
-            input.age,
-            input.income,
-            input.employment_length,
-            input.credit_score,
-            input.num_credit_lines,
-            input.credit_utilization,
-            input.debt_to_income,
-            input.total_debt,
-            input.savings,
-            input.loan_amount,
-            input.loan_term,
-            input.num_late_payments,
-            input.num_bankruptcies,
-            input.inquiries_last_6m,
-        ];
-        let expected: Vec<Option<f64>> = (0..14).map(|i| Some(f64::from(i))).collect();
-        assert_eq!(numbers.to_vec(), expected);
-        assert_eq!(input.employment_status, Category::Code(1));
-        assert_eq!(input.home_ownership, Category::Code(1));
-        assert_eq!(input.loan_purpose, Category::Code(1));
     }
 }

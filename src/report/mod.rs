@@ -302,7 +302,7 @@ pub fn analyse(
             .preprocessor
             .categorical
             .iter()
-            .map(|c| c.categories.clone())
+            .map(|c| c.categories().to_vec())
             .collect(),
     })
 }

@@ -19,65 +19,24 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use cra_model::{
-    explain::Explanation, Application, ApplicationInput, Decision, FieldViolation, ModelBundle,
-};
+use cra_model::{explain::Explanation, ApplicationInput, Decision, ModelBundle};
 use uuid::Uuid;
 
 pub use crate::telemetry::traces::TraceId;
+pub use cra_model::decide::{ExplainPolicy, Item};
 pub use cra_model::explain::{Contribution, FeatureValue, Reason};
 pub use error::ScoreError;
 pub use record::{DecisionRecord, DecisionRecorder, Outcome, RecordError, Rpc};
 pub use registry::{Member, ModelSet, ModelSource, Registry, Role};
 pub use shadow::{ShadowRunner, ShadowStats};
 
-/// Which decisions carry an explanation when the client does not ask for one
-/// (`--explain`). A client that asks always gets one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExplainPolicy {
-    Never,
-    /// Every declined application (prediction 1): its adverse-action reasons.
-    #[default]
-    Declined,
-    Always,
-}
-
-impl ExplainPolicy {
-    fn covers(self, asked: bool, decision: &Decision) -> bool {
-        asked
-            || match self {
-                ExplainPolicy::Never => false,
-                ExplainPolicy::Declined => decision.prediction == 1,
-                ExplainPolicy::Always => true,
-            }
-    }
-}
-
-impl std::str::FromStr for ExplainPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "never" => Ok(ExplainPolicy::Never),
-            "declined" => Ok(ExplainPolicy::Declined),
-            "always" => Ok(ExplainPolicy::Always),
-            other => Err(format!(
-                "`{other}` is not an explain policy; use never, declined or always"
-            )),
-        }
-    }
-}
-
-/// The explainer of `bundle` for a decision that needs one: an error when the client asked and
-/// the model cannot explain, nothing when only the policy wanted it (logged at load).
+/// The explainer of `bundle` for a decision that needs one (see
+/// [`cra_model::decide::explainer_for`]), its refusal as the core's error.
 fn explainer_for(
     bundle: &ModelBundle,
     asked: bool,
 ) -> Result<Option<&Arc<cra_model::explain::Explainer>>, ScoreError> {
-    match bundle.explainer() {
-        Ok(e) => Ok(Some(e)),
-        Err(why) if asked => Err(ScoreError::Unexplainable(why.to_owned())),
-        Err(_) => Ok(None),
-    }
+    cra_model::decide::explainer_for(bundle, asked).map_err(|e| ScoreError::Unexplainable(e.0))
 }
 
 /// Whether an entry point's answers carry explanations (the REST API's reasons, gRPC's
@@ -139,19 +98,6 @@ impl Answer {
     pub fn model(&self) -> &Member {
         &self.set.live[self.member]
     }
-}
-
-/// One item of a batch after scoring.
-#[derive(Debug, Clone)]
-pub enum Item {
-    Scored {
-        /// Index of the live model in the set.
-        member: usize,
-        application: Application,
-        decision: Decision,
-        explanation: Option<Box<Explanation>>,
-    },
-    Invalid(Vec<FieldViolation>),
 }
 
 /// The scoring core shared by every entry point.
@@ -349,56 +295,8 @@ impl Scorer {
         } else {
             self.explain
         };
-        let mut items: Vec<Item> = Vec::with_capacity(inputs.len());
-        // Valid applications of each live model, with their item index.
-        let mut groups: Vec<(Vec<usize>, Vec<Application>)> = (0..set.live.len())
-            .map(|_| {
-                (
-                    Vec::with_capacity(inputs.len()),
-                    Vec::with_capacity(inputs.len()),
-                )
-            })
-            .collect();
-        for (i, input) in inputs.iter().enumerate() {
-            match input.validate() {
-                Ok(app) => {
-                    let member = set.route(&input.application_id);
-                    groups[member].0.push(i);
-                    groups[member].1.push(app);
-                    items.push(Item::Invalid(Vec::new())); // replaced below
-                }
-                Err(v) => items.push(Item::Invalid(v)),
-            }
-        }
-        for (member, (indices, apps)) in groups.into_iter().enumerate() {
-            if indices.is_empty() {
-                continue;
-            }
-            let bundle = &set.live[member].bundle;
-            let mut decisions = Vec::with_capacity(apps.len());
-            for slice in apps.chunks(self.chunk) {
-                decisions.extend(bundle.score_many(slice));
-            }
-            let mut scratch = None;
-            for ((i, application), decision) in indices.into_iter().zip(apps).zip(decisions) {
-                let asked_here = asked.get(i).copied().unwrap_or(false);
-                let explanation = if policy.covers(asked_here, &decision) {
-                    explainer_for(bundle, asked_here)?.map(|explainer| {
-                        let scratch = scratch.get_or_insert_with(|| explainer.scratch());
-                        Box::new(explainer.explain(bundle.preprocessor(), &application, scratch))
-                    })
-                } else {
-                    None
-                };
-                items[i] = Item::Scored {
-                    member,
-                    application,
-                    decision,
-                    explanation,
-                };
-            }
-        }
-        Ok(items)
+        cra_model::decide::decide(set, inputs, asked, policy, self.chunk)
+            .map_err(|e| ScoreError::Unexplainable(e.0))
     }
 
     /// The decision records of the items at `positions` of a batch decided on `set`

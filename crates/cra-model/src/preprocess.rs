@@ -5,6 +5,13 @@
 //! Model features, in order: the 14 numeric inputs and the 2 derived features, each standardised
 //! (`(x - mean) / std`), then the 3 categoricals as ordinal codes. A missing value (NaN, or an
 //! absent categorical) stays NaN, which XGBoost treats as missing.
+//!
+//! The same fitted form also holds a scikit-learn `StandardScaler` and `OrdinalEncoder`
+//! exported from Python (see [`crate::import`]): the codes are the positions in each column's
+//! `categories` (scikit-learn sorts them; CRA's trainer writes them in the contract's order), and
+//! a contract value the encoder never saw gets its `unknown_value`
+//! (`handle_unknown="use_encoded_value"`). The arithmetic is scikit-learn's: `(x - mean) / std`
+//! in `f64`, then rounded once to the booster's `f32`.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,11 +69,141 @@ pub struct ScaledColumn {
     pub std: f64,
 }
 
-/// The ordinal encoding of one categorical column: code `i` is `categories[i]`.
+/// The ordinal encoding of one categorical column: code `i` is `categories[i]`; a contract
+/// value not among them gets `unknown_value` when there is one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "EncodedColumnSpec", into = "EncodedColumnSpec")]
 pub struct EncodedColumn {
-    pub name: String,
-    pub categories: Vec<String>,
+    name: String,
+    categories: Vec<String>,
+    unknown_value: Option<f64>,
+    /// The code of each contract value, in the domain enum's order (NaN: none, which
+    /// [`FittedPreprocessor::validate`] refuses).
+    codes: Vec<f32>,
+}
+
+/// [`EncodedColumn`] as written in `bundle.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct EncodedColumnSpec {
+    name: String,
+    categories: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unknown_value: Option<f64>,
+}
+
+impl From<EncodedColumnSpec> for EncodedColumn {
+    fn from(s: EncodedColumnSpec) -> Self {
+        EncodedColumn::new(s.name, s.categories, s.unknown_value)
+    }
+}
+
+impl From<EncodedColumn> for EncodedColumnSpec {
+    fn from(c: EncodedColumn) -> Self {
+        EncodedColumnSpec {
+            name: c.name,
+            categories: c.categories,
+            unknown_value: c.unknown_value,
+        }
+    }
+}
+
+/// The contract's values of a categorical input, in the domain enum's order (empty for a name
+/// that is not one).
+fn contract_values(column: &str) -> Vec<&'static str> {
+    match column {
+        "employment_status" => EmploymentStatus::names(),
+        "home_ownership" => HomeOwnership::names(),
+        "loan_purpose" => LoanPurpose::names(),
+        _ => Vec::new(),
+    }
+}
+
+impl EncodedColumn {
+    /// The encoding of `name` with these categories (code `i` is `categories[i]`) and the code
+    /// of a contract value not among them (`None`: there is none, which `validate` refuses).
+    pub fn new(
+        name: impl Into<String>,
+        categories: Vec<String>,
+        unknown_value: Option<f64>,
+    ) -> Self {
+        let name = name.into();
+        let codes = contract_values(&name)
+            .into_iter()
+            .map(|v| match categories.iter().position(|c| c == v) {
+                Some(i) => i as f32,
+                None => unknown_value.map_or(f32::NAN, |u| u as f32),
+            })
+            .collect();
+        EncodedColumn {
+            name,
+            categories,
+            unknown_value,
+            codes,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The categories, code `i` being `categories()[i]`.
+    pub fn categories(&self) -> &[String] {
+        &self.categories
+    }
+
+    /// The code of a contract value not among the categories.
+    pub fn unknown_value(&self) -> Option<f64> {
+        self.unknown_value
+    }
+
+    /// The code of the contract value at `index` of the domain enum's `ALL`.
+    #[inline]
+    fn code(&self, index: usize) -> f32 {
+        self.codes.get(index).copied().unwrap_or(f32::NAN)
+    }
+
+    /// Every problem of this encoding against the contract.
+    fn problems(&self) -> Vec<String> {
+        let values = contract_values(&self.name);
+        let mut out = Vec::new();
+        for (i, c) in self.categories.iter().enumerate() {
+            if !values.contains(&c.as_str()) {
+                out.push(format!(
+                    "column {} has category {c:?}, which is not one of the contract's values {values:?}",
+                    self.name
+                ));
+            }
+            if self.categories[..i].contains(c) {
+                out.push(format!("column {} lists category {c:?} twice", self.name));
+            }
+        }
+        match self.unknown_value {
+            Some(u)
+                if !u.is_finite()
+                    || (u >= 0.0 && u.fract() == 0.0 && (u as usize) < self.categories.len()) =>
+            {
+                out.push(format!(
+                    "column {} has unknown_value {u}, which is not finite or is the code of a category",
+                    self.name
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let unseen: Vec<&str> = values
+                    .iter()
+                    .copied()
+                    .filter(|v| !self.categories.iter().any(|c| c == v))
+                    .collect();
+                if !unseen.is_empty() {
+                    out.push(format!(
+                        "column {} has no code for {unseen:?} and no unknown_value",
+                        self.name
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The fitted, serialisable transform from an [`Application`] to model features.
@@ -136,20 +273,10 @@ impl PreprocessParams {
             })
             .collect();
         let names = |all: Vec<&'static str>| all.into_iter().map(String::from).collect();
-        let categorical = vec![
-            EncodedColumn {
-                name: CATEGORICAL_INPUTS[0].into(),
-                categories: names(EmploymentStatus::names()),
-            },
-            EncodedColumn {
-                name: CATEGORICAL_INPUTS[1].into(),
-                categories: names(HomeOwnership::names()),
-            },
-            EncodedColumn {
-                name: CATEGORICAL_INPUTS[2].into(),
-                categories: names(LoanPurpose::names()),
-            },
-        ];
+        let categorical = CATEGORICAL_INPUTS
+            .iter()
+            .map(|c| EncodedColumn::new(*c, names(contract_values(c)), None))
+            .collect();
         Ok(FittedPreprocessor {
             params: *self,
             numeric,
@@ -178,7 +305,7 @@ impl FittedPreprocessor {
             .numeric
             .iter()
             .map(|c| c.name.as_str())
-            .chain(self.categorical.iter().map(|c| c.name.as_str()))
+            .chain(self.categorical.iter().map(|c| c.name()))
             .collect();
         if got != expected {
             return Err(PreprocessError::Inconsistent(format!(
@@ -195,18 +322,13 @@ impl FittedPreprocessor {
                 c.name, c.mean, c.std
             )));
         }
-        let expected_cats = [
-            EmploymentStatus::names(),
-            HomeOwnership::names(),
-            LoanPurpose::names(),
-        ];
-        for (col, exp) in self.categorical.iter().zip(expected_cats) {
-            if col.categories != exp {
-                return Err(PreprocessError::Inconsistent(format!(
-                    "column {} has categories {:?}, this build knows {:?}",
-                    col.name, col.categories, exp
-                )));
-            }
+        let problems: Vec<String> = self
+            .categorical
+            .iter()
+            .flat_map(EncodedColumn::problems)
+            .collect();
+        if !problems.is_empty() {
+            return Err(PreprocessError::Inconsistent(problems.join("; ")));
         }
         Ok(())
     }
@@ -219,8 +341,12 @@ impl FittedPreprocessor {
         for ((o, v), c) in out.iter_mut().zip(values).zip(&self.numeric) {
             *o = ((v - c.mean) / c.std) as f32;
         }
-        for (o, code) in out[16..].iter_mut().zip(a.category_codes()) {
-            *o = code.map_or(f32::NAN, |c| c as f32);
+        for ((o, index), col) in out[16..]
+            .iter_mut()
+            .zip(a.category_codes())
+            .zip(&self.categorical)
+        {
+            *o = index.map_or(f32::NAN, |i| col.code(i));
         }
     }
 
@@ -239,16 +365,22 @@ impl FittedPreprocessor {
         (v[14], v[15])
     }
 
-    /// Undoes [`Self::transform_into`]: the unscaled numerics (inputs then derived) and the
-    /// category codes. Used to check that the transform loses nothing.
+    /// Undoes [`Self::transform_into`]: the unscaled numerics (inputs then derived) and each
+    /// category's index in its domain enum (`None` when missing, or when the code is
+    /// `unknown_value`, which several values share). Used to check that the transform loses
+    /// nothing.
     pub fn inverse(&self, features: &[f32]) -> ([f64; 16], [Option<usize>; 3]) {
         let mut num = [0.0; 16];
         for ((o, f), c) in num.iter_mut().zip(features).zip(&self.numeric) {
             *o = *f as f64 * c.std + c.mean;
         }
         let mut cats = [None; 3];
-        for (o, f) in cats.iter_mut().zip(&features[16..]) {
-            *o = (!f.is_nan()).then_some(*f as usize);
+        for ((o, f), col) in cats.iter_mut().zip(&features[16..]).zip(&self.categorical) {
+            let mut found = col.codes.iter().enumerate().filter(|(_, c)| **c == *f);
+            *o = match (found.next(), found.next()) {
+                (Some((i, _)), None) => Some(i),
+                _ => None,
+            };
         }
         (num, cats)
     }
@@ -324,8 +456,60 @@ mod tests {
     #[test]
     fn fit_rejects_empty_input_and_validate_catches_tampering() {
         assert!(PreprocessParams::default().fit(&[]).is_err());
-        let mut f = PreprocessParams::default().fit(&rows()).unwrap();
-        f.categorical[2].categories.swap(0, 1);
-        assert!(f.validate().is_err());
+        let f = PreprocessParams::default().fit(&rows()).unwrap();
+        let mut g = f.clone();
+        let mut cats = f.categorical[2].categories().to_vec();
+        cats[0] = "yacht".into();
+        g.categorical[2] = EncodedColumn::new("loan_purpose", cats, None);
+        let e = g.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("\"yacht\"") && e.contains("no code for [\"debt_consolidation\"]"),
+            "{e}"
+        );
+    }
+
+    /// scikit-learn's OrdinalEncoder sorts its categories; a contract value it never saw gets
+    /// its unknown_value. The codes follow, and the bundle's JSON keeps the old form when there
+    /// is no unknown_value.
+    #[test]
+    fn categories_in_another_order_and_unknown_values_encode_as_scikit_learn_does() {
+        let f = PreprocessParams::default().fit(&rows()).unwrap();
+        let json = serde_json::to_string(&f.categorical[0]).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"employment_status","categories":["employed","self_employed","unemployed","retired","student"]}"#
+        );
+        let mut sorted = f.clone();
+        let mut cats: Vec<String> = EmploymentStatus::names()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        cats.sort();
+        cats.retain(|c| c != "student");
+        sorted.categorical[0] = EncodedColumn::new("employment_status", cats, Some(-1.0));
+        sorted.validate().unwrap();
+        let mut x = [0.0f32; NUM_FEATURES];
+        let mut a = Application::example();
+        for (status, code) in [
+            (EmploymentStatus::Employed, 0.0),
+            (EmploymentStatus::Retired, 1.0),
+            (EmploymentStatus::SelfEmployed, 2.0),
+            (EmploymentStatus::Unemployed, 3.0),
+            (EmploymentStatus::Student, -1.0),
+        ] {
+            a.employment_status = Some(status);
+            sorted.transform_into(&a, &mut x);
+            assert_eq!(x[16], code, "{status:?}");
+        }
+        let back: FittedPreprocessor =
+            serde_json::from_str(&serde_json::to_string(&sorted).unwrap()).unwrap();
+        assert_eq!(back, sorted);
+        let mut clash = sorted.clone();
+        clash.categorical[0] = EncodedColumn::new(
+            "employment_status",
+            sorted.categorical[0].categories().to_vec(),
+            Some(2.0),
+        );
+        assert!(clash.validate().is_err());
     }
 }
