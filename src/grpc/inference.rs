@@ -74,8 +74,10 @@ fn typed_data(
     Ok(data)
 }
 
-/// The input tensors of a request, raw or typed.
-fn tensors_from_pb(
+/// The input tensors of a request, raw or typed. Public for the fuzz target
+/// (`fuzz/fuzz_targets/v2_grpc.rs`), which reads requests as `ModelInfer` does.
+#[doc(hidden)]
+pub fn tensors_from_pb(
     inputs: Vec<InferInputTensor>,
     raw: Vec<Vec<u8>>,
 ) -> Result<Vec<InputTensor>, ServeError> {
