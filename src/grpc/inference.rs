@@ -95,7 +95,7 @@ pub fn tensors_from_pb(
     let mut violations = Vec::new();
     let mut tensors = Vec::with_capacity(inputs.len());
     for t in inputs {
-        let name = crate::http::body::truncate(&t.name, 64).to_owned();
+        let name = crate::http::body::field_name(&t.name, 64);
         let raw_bytes = raw.next();
         let (datatype, count) = match tensor::header(&t.datatype, &t.shape) {
             Ok(h) => h,
