@@ -331,19 +331,24 @@ fn spool_seeds() {
     legacy.extend_from_slice(frames.as_bytes());
     write("spool_segment", "codec", &legacy);
 
-    // Payloads for spool_rows: today's rows, a row of 39 columns, a record of the codec.
+    // Payloads for spool_rows: today's rows, rows of older builds (39 and 42 columns), a
+    // record of the codec.
     let mut payloads: Vec<Vec<u8>> = Vec::new();
     for r in &rows[..2] {
         let mut p = Vec::new();
         copy_row::encode(r, &mut p);
         payloads.push(p);
     }
-    let mut old = payloads[0].clone();
-    // As an older build wrote it: without the last three columns (model_role, and NULL
-    // shadow_of and explanation).
-    old.truncate(old.len() - (4 + "champion".len() + 4 + 4));
-    old[..2].copy_from_slice(&copy_row::LEGACY_FIELDS.to_be_bytes());
-    payloads.push(old);
+    // rows[1] has no trace, no explanation, no shadow_of, and is the champion's: as the older
+    // builds wrote it, without the last column (a NULL trace_id), or the last four.
+    assert!(rows[1].trace_id.is_none() && rows[1].explanation.is_none());
+    for (fields, cut) in [(42i16, 4), (39, 4 + 4 + 4 + 4 + "champion".len())] {
+        assert!(copy_row::LEGACY_FIELDS.contains(&fields));
+        let mut old = payloads[1].clone();
+        old.truncate(old.len() - cut);
+        old[..2].copy_from_slice(&fields.to_be_bytes());
+        payloads.push(old);
+    }
     let mut p = Vec::new();
     codec::encode(&rows[1], &mut p);
     payloads.push(p);

@@ -20,9 +20,10 @@ use cra::{
     decision_log::copy_row,
     http::{HttpState, PeerAddr},
     readiness::Readiness,
+    telemetry::traces::CallTrace,
     scoring::{
         CallContext, DecisionRecord, DecisionRecorder, ModelSource, RecordError, Registry, Rpc,
-        Scorer,
+        Scorer, TraceId,
     },
 };
 use cra_model::input::{category_fields, NUMBER_FIELDS};
@@ -68,6 +69,7 @@ pub fn call_context(request_id: &str, rpc: Rpc) -> CallContext<'_> {
         received_at: SystemTime::now(),
         started,
         deadline: Some((started + timeout, timeout)),
+        trace_id: Some(TraceId([0x4b; 16])),
     }
 }
 
@@ -104,6 +106,7 @@ impl DecisionRecorder for RowCheck {
             i.employment_status.as_ref(),
             i.home_ownership.as_ref(),
             i.loan_purpose.as_ref(),
+            back.trace_id.as_ref(),
         ];
         for t in texts.into_iter().flatten() {
             assert!(!t.contains('\0'), "PostgreSQL text holds no NUL: {t:?}");
@@ -179,12 +182,13 @@ pub struct HttpAnswer {
     pub body: serde_json::Value,
 }
 
-/// Sends `request` (with the client address the server would attach) to `router`.
+/// Sends `request` to `router` with what the server's layers attach to it: the client's
+/// address and the call's trace.
 pub fn http_call(router: &axum::Router, mut request: axum::extract::Request) -> HttpAnswer {
     use tower::ServiceExt;
-    request
-        .extensions_mut()
-        .insert(axum::extract::ConnectInfo(PeerAddr(peer())));
+    let extensions = request.extensions_mut();
+    extensions.insert(axum::extract::ConnectInfo(PeerAddr(peer())));
+    extensions.insert(CallTrace(Some(TraceId([0x4b; 16]))));
     let response = block_on(router.clone().oneshot(request)).expect("a router is infallible");
     let status = response.status().as_u16();
     // With the binary tensor data extension, the JSON part is the header's length of bytes.
