@@ -819,7 +819,10 @@ async fn inputs_the_fuzzers_found_are_refused_naming_their_fields() {
         let violations = answer["violations"].as_array().cloned().unwrap_or_default();
         assert!(!violations.is_empty(), "{path}: {answer}");
         for v in violations {
-            assert!(v["field"].as_str().is_some_and(|f| !f.is_empty()), "{path}: {answer}");
+            assert!(
+                v["field"].as_str().is_some_and(|f| !f.is_empty()),
+                "{path}: {answer}"
+            );
         }
     }
 

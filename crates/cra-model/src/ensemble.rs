@@ -1002,7 +1002,9 @@ mod tests {
     fn a_booster_declaring_absurd_feature_counts_is_refused() {
         let found = include_bytes!("../../../fuzz/corpus/bundle_load/crash-huge-num-feature");
         let booster = found[1..].split(|&b| b == 0xff).next().unwrap();
-        let err = Ensemble::from_xgboost_json(booster).unwrap_err().to_string();
+        let err = Ensemble::from_xgboost_json(booster)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("num_feature is 1000000000000000000"), "{err}");
         for bad in ["0", "-3", "2.5", "NaN", "65537"] {
             let json = TINY.replace(r#""num_feature":"2""#, &format!(r#""num_feature":"{bad}""#));
