@@ -37,3 +37,7 @@ pub mod security;
 pub mod telemetry;
 pub mod training;
 pub mod v2;
+
+/// The fuzz targets' seed corpora (`fuzz/corpus`), written by an ignored test.
+#[cfg(test)]
+mod fuzz_seeds;

@@ -74,8 +74,10 @@ fn typed_data(
     Ok(data)
 }
 
-/// The input tensors of a request, raw or typed.
-fn tensors_from_pb(
+/// The input tensors of a request, raw or typed. Public for the fuzz target
+/// (`fuzz/fuzz_targets/v2_grpc.rs`), which reads requests as `ModelInfer` does.
+#[doc(hidden)]
+pub fn tensors_from_pb(
     inputs: Vec<InferInputTensor>,
     raw: Vec<Vec<u8>>,
 ) -> Result<Vec<InputTensor>, ServeError> {
@@ -93,7 +95,7 @@ fn tensors_from_pb(
     let mut violations = Vec::new();
     let mut tensors = Vec::with_capacity(inputs.len());
     for t in inputs {
-        let name = crate::http::body::truncate(&t.name, 64).to_owned();
+        let name = crate::http::body::field_name(&t.name, 64);
         let raw_bytes = raw.next();
         let (datatype, count) = match tensor::header(&t.datatype, &t.shape) {
             Ok(h) => h,

@@ -68,6 +68,16 @@ pub fn json(bytes: &[u8]) -> Result<serde_json::Value, HttpError> {
         .map_err(|e| HttpError::NotJson(format!("the body is not valid JSON: {e}")))
 }
 
+/// A key or name the client chose, as the field of a violation: at most `max` bytes of it, or
+/// `""` (two quotes) when it is empty, so that every violation names a field.
+pub fn field_name(s: &str, max: usize) -> String {
+    if s.is_empty() {
+        "\"\"".to_owned()
+    } else {
+        truncate(s, max).to_owned()
+    }
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
     let mut cut = s.len().min(max);

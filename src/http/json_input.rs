@@ -15,7 +15,7 @@ use cra_model::{
     ApplicationInput, Category, FieldViolation,
 };
 
-use super::body::truncate;
+use super::body::{field_name, truncate};
 
 /// The longest unknown key echoed in a violation, in bytes.
 const MAX_ECHOED_KEY_BYTES: usize = 64;
@@ -128,7 +128,7 @@ fn read_object(map: &Map<String, Value>, input: &mut ApplicationInput) {
             .collect();
         for k in unknown.iter().take(MAX_UNKNOWN_KEYS) {
             input.decode_errors.push(FieldViolation::new(
-                truncate(k, MAX_ECHOED_KEY_BYTES).to_owned(),
+                field_name(k, MAX_ECHOED_KEY_BYTES),
                 format!(
                     "is not a field of an application (a misspelt field would otherwise be \
                      scored as missing); the fields are {}",
@@ -235,5 +235,15 @@ mod tests {
     #[test]
     fn a_body_that_is_not_an_object_is_one_violation() {
         assert_eq!(bad_fields(json!([1, 2])), ["application"]);
+    }
+
+    /// Found by the fuzz target `rest_json` (`fuzz/corpus/rest_json/crash-empty-key`): an
+    /// unknown key `""` gave a violation whose field was empty, naming nothing.
+    #[test]
+    fn an_empty_key_is_named_as_two_quotes() {
+        let found = include_bytes!("../../fuzz/corpus/rest_json/crash-empty-key");
+        let got = bad_fields(serde_json::from_slice(found).unwrap());
+        assert!(got.contains(&"\"\"".to_owned()), "{got:?}");
+        assert!(got.iter().all(|f| !f.is_empty()), "{got:?}");
     }
 }

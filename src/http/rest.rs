@@ -360,7 +360,7 @@ fn batch_inputs(value: &Value, max_items: usize) -> Result<Vec<ApplicationInput>
     let mut violations = Vec::new();
     for key in obj.keys().filter(|k| k.as_str() != "applications") {
         violations.push(FieldViolation::new(
-            body::truncate(key, 64).to_owned(),
+            body::field_name(key, 64),
             "is not a field of a batch request; the only field is applications",
         ));
     }

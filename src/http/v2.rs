@@ -247,11 +247,13 @@ async fn infer_response(
 /// The JSON text with every bare `NaN` token (outside strings) written as `null`. JSON has no
 /// NaN, but Python's `json.dumps` (and so tritonclient's JSON requests) writes one for a missing
 /// value, which the protocol's tensors use NaN for; `null` is what this adapter reads as
-/// missing. Borrowed when there is none.
+/// missing. Borrowed when there is none. Occurrences do not overlap: `NaNaN` has one, at its
+/// start (and is no JSON either way).
 fn nan_as_null(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let mut found = Vec::new();
     let (mut in_string, mut escaped) = (false, false);
-    for (i, &b) in text.iter().enumerate() {
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
         if in_string {
             match (escaped, b) {
                 (true, _) => escaped = false,
@@ -261,9 +263,12 @@ fn nan_as_null(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
             }
         } else if b == b'"' {
             in_string = true;
-        } else if b == b'N' && text[i..].starts_with(b"NaN") {
+        } else if text[i..].starts_with(b"NaN") {
             found.push(i);
+            i += 3;
+            continue;
         }
+        i += 1;
     }
     if found.is_empty() {
         return std::borrow::Cow::Borrowed(text);
@@ -287,9 +292,10 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// The JSON `data` of a tensor of `datatype`, `count` elements expected.
+/// The JSON `data` of a tensor of `datatype`, `count` elements expected. Nothing is reserved
+/// for `count` before the values are counted: it comes from the client's shape.
 fn json_data(datatype: DataType, data: &Value, count: usize) -> Result<Data, String> {
-    let mut flat = Vec::with_capacity(count);
+    let mut flat = Vec::new();
     flatten(data, &mut flat);
     if flat.len() != count {
         return Err(format!(
@@ -357,7 +363,7 @@ fn tensors(inputs: Vec<InferInput>, binary: &[u8]) -> Result<Vec<InputTensor>, S
     let mut out = Vec::with_capacity(inputs.len());
     let mut offset = 0usize;
     for t in inputs {
-        let name = body::truncate(&t.name, 64).to_owned();
+        let name = body::field_name(&t.name, 64);
         let (datatype, count) = match tensor::header(&t.datatype, &t.shape) {
             Ok(h) => h,
             Err(why) => {
@@ -568,7 +574,7 @@ async fn infer_inner(
 
 #[cfg(test)]
 mod tests {
-    use super::nan_as_null;
+    use super::{json_data, nan_as_null, DataType};
 
     #[test]
     fn bare_nans_become_nulls_and_strings_are_left_alone() {
@@ -584,5 +590,28 @@ mod tests {
             nan_as_null(b"[1, 2]"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    /// Found by the fuzz target `v2_http` (the input is `fuzz/corpus/v2_http/crash-nan-overlapping`):
+    /// `NaNaN` held two overlapping matches, and replacing the second sliced backwards.
+    #[test]
+    fn overlapping_nans_are_replaced_once_without_a_panic() {
+        assert_eq!(&*nan_as_null(b"[NaNaN]"), b"[nullaN]");
+        assert_eq!(&*nan_as_null(b"[NaNNaN]"), b"[nullnull]");
+        let found = include_bytes!("../../fuzz/corpus/v2_http/crash-nan-overlapping");
+        let out = nan_as_null(found);
+        assert!(serde_json::from_slice::<serde_json::Value>(&out).is_err());
+    }
+
+    /// Found while writing the fuzz target `v2_http`, which crashed on this input
+    /// (`fuzz/corpus/v2_http/crash-huge-shape`): a shape of 10^12 rows made the server reserve
+    /// room for 10^12 values before counting the few it was sent, and an allocation that size
+    /// aborts the process.
+    #[test]
+    fn a_huge_shape_is_a_violation_not_an_allocation() {
+        for count in [1_000_000_000_000, usize::MAX] {
+            let err = json_data(DataType::Fp64, &serde_json::json!([]), count).unwrap_err();
+            assert!(err.contains("holds 0 values"), "{err}");
+        }
     }
 }

@@ -779,3 +779,73 @@ async fn connections_beyond_the_limit_are_closed() {
     assert!(served, "a slot was freed when a connection closed");
     app.handle.shutdown().await.unwrap();
 }
+
+/// Inputs that crashed the fuzz targets (`fuzz/corpus/*/crash-*`, docs/SECURITY.md), sent to
+/// the real server: each is answered as bad input, every violation names a field, nothing is
+/// scored, and the server goes on scoring.
+#[tokio::test]
+async fn inputs_the_fuzzers_found_are_refused_naming_their_fields() {
+    use cra::grpc::pb::inference::{
+        grpc_inference_service_client::GrpcInferenceServiceClient, ModelInferRequest,
+    };
+    use tonic_types::StatusExt;
+
+    let (mut app, counting) = spawn_counted(config()).await;
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/predict",
+            &include_bytes!("../../fuzz/corpus/rest_json/crash-empty-key")[..],
+        ),
+        (
+            "/v2/models/credit-risk/infer",
+            &include_bytes!("../../fuzz/corpus/v2_http/crash-nan-overlapping")[..],
+        ),
+        (
+            "/v2/models/credit-risk/infer",
+            &include_bytes!("../../fuzz/corpus/v2_http/crash-huge-shape")[..],
+        ),
+    ] {
+        let resp = http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{path}: {answer}");
+        let violations = answer["violations"].as_array().cloned().unwrap_or_default();
+        assert!(!violations.is_empty(), "{path}: {answer}");
+        for v in violations {
+            assert!(
+                v["field"].as_str().is_some_and(|f| !f.is_empty()),
+                "{path}: {answer}"
+            );
+        }
+    }
+
+    let found = include_bytes!("../../fuzz/corpus/v2_grpc/crash-empty-tensor-name");
+    let request = ModelInferRequest::decode(&found[..]).unwrap();
+    let status = GrpcInferenceServiceClient::new(app.channel.clone())
+        .model_infer(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert!(fields.contains(&"\"\"".to_owned()), "{fields:?}");
+    assert!(fields.iter().all(|f| !f.is_empty()), "{fields:?}");
+
+    // Only /predict's application was decided (refused, and recorded so); the others were
+    // refused before any application was read.
+    assert_eq!(counting.records(), 1);
+    still_scores(&mut app).await;
+    app.handle.shutdown().await.unwrap();
+}

@@ -45,6 +45,9 @@ const LEAF: u32 = u32::MAX;
 pub const MAX_COMPLETE_DEPTH: usize = 10;
 /// Widest row the complete layout handles (its widened row lives on the stack).
 const MAX_COMPLETE_FEATURES: usize = 64;
+/// The most features a booster may declare: far more than any model of this service has, and
+/// few enough that the per-feature tables are small.
+pub const MAX_FEATURES: usize = 1 << 16;
 /// Rows walked together through one tree by [`Ensemble::margins`].
 const BLOCK: usize = 16;
 /// Trees walked together for one row by [`Ensemble::margin`].
@@ -234,10 +237,17 @@ impl Ensemble {
                 "base_score {base_score} is not a probability"
             )));
         }
-        let num_features = params
+        let declared = params
             .get("num_feature")
             .and_then(loose_f64)
-            .ok_or_else(|| fmt_err("no num_feature"))? as usize;
+            .ok_or_else(|| fmt_err("no num_feature"))?;
+        // Checked before anything is sized by it.
+        if !(declared.fract() == 0.0 && (1.0..=MAX_FEATURES as f64).contains(&declared)) {
+            return Err(fmt_err(format!(
+                "num_feature is {declared}; it must be a whole number from 1 to {MAX_FEATURES}"
+            )));
+        }
+        let num_features = declared as usize;
         // XGBoost turns a probability base_score into a margin with the objective's link, in f32.
         let p = base_score as f32;
         let base_margin = -(1.0f32 / p - 1.0).ln();
@@ -982,5 +992,24 @@ mod tests {
         let bad = TINY.replace("[1,-1,-1]", "[7,-1,-1]");
         assert!(Ensemble::from_xgboost_json(bad.as_bytes()).is_err());
         assert!(Ensemble::from_xgboost_json(b"not json").is_err());
+    }
+
+    /// Found while writing the fuzz target `bundle_load`, which crashed on this input
+    /// (`fuzz/corpus/bundle_load/crash-huge-num-feature`: the flags byte, then the booster up
+    /// to the first 0xFF): `num_feature` sized a table before anything checked it, and a
+    /// booster declaring 10^18 features aborted the process (a hot reload included).
+    #[test]
+    fn a_booster_declaring_absurd_feature_counts_is_refused() {
+        let found = include_bytes!("../../../fuzz/corpus/bundle_load/crash-huge-num-feature");
+        let booster = found[1..].split(|&b| b == 0xff).next().unwrap();
+        let err = Ensemble::from_xgboost_json(booster)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num_feature is 1000000000000000000"), "{err}");
+        for bad in ["0", "-3", "2.5", "NaN", "65537"] {
+            let json = TINY.replace(r#""num_feature":"2""#, &format!(r#""num_feature":"{bad}""#));
+            let err = Ensemble::from_xgboost_json(json.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("num_feature"), "{bad}: {err}");
+        }
     }
 }
