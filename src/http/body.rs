@@ -1,5 +1,7 @@
 //! Reading a request body: within the route's byte limit (413 beyond it, refused before it is
-//! read when Content-Length says so), and as JSON (415 when it is not).
+//! read when Content-Length says so), and as JSON: 415 when its Content-Type says it is
+//! something else, 400 naming `body` when it says JSON (or nothing) but the bytes are not, as
+//! the original service answered a body it could not parse.
 use axum::{
     body::{Body, Bytes},
     http::{header, HeaderMap},
@@ -62,10 +64,14 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-/// The body as a JSON value.
+/// The body as a JSON value; a client's malformed JSON is a 400 naming `body`.
 pub fn json(bytes: &[u8]) -> Result<serde_json::Value, HttpError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| HttpError::NotJson(format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(malformed)
+}
+
+/// A body that was meant to be JSON but is not: a violation of the field `body`.
+pub fn malformed(e: serde_json::Error) -> HttpError {
+    HttpError::invalid("body", format!("is not valid JSON: {e}"))
 }
 
 /// A key or name the client chose, as the field of a violation: at most `max` bytes of it, or

@@ -17,7 +17,8 @@ pub enum HttpError {
     /// The scoring core's refusal (invalid fields, overload, decision log, deadline).
     #[error(transparent)]
     Score(#[from] ScoreError),
-    /// The body is not JSON (415), or its Content-Type says it is something else.
+    /// The body's Content-Type says it is not JSON (415). (A body that says JSON but is not is a
+    /// violation of the field `body`: 400.)
     #[error("{0}")]
     NotJson(String),
     /// A route or a model that does not exist (404).

@@ -491,7 +491,7 @@ async fn infer_inner(
                 format!("the request is not an inference request: {e}"),
             )
         } else {
-            HttpError::NotJson(format!("the body is not valid JSON: {e}"))
+            body::malformed(e)
         }
     })?;
     let requested: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();

@@ -190,7 +190,7 @@ async fn the_originals_invalid_cases_are_400s_naming_the_field() {
 }
 
 #[tokio::test]
-async fn bodies_that_are_not_json_are_415_and_too_large_ones_413() {
+async fn malformed_json_is_400_other_media_types_415_and_too_large_bodies_413() {
     let app = spawn_app().await;
     let client = Client::new();
     let url = app.url("/predict");
@@ -202,11 +202,15 @@ async fn bodies_that_are_not_json_are_415_and_too_large_ones_413() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "error");
+    assert_eq!(body["violations"][0]["field"], "body", "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("not valid JSON"),
+        body["violations"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
         "{body}"
     );
     // A form, by its Content-Type.
