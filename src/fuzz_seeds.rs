@@ -440,4 +440,45 @@ fn write_fuzz_seeds() {
     v2_seeds(&apps);
     spool_seeds();
     bundle_seeds();
+    keys_seeds();
+}
+
+/// Keys files as `cra keys add|revoke` write them: two clients, one with its own rate and
+/// burst, one key revoked; and a file of one client with only the required fields.
+fn keys_seeds() {
+    use crate::security::keys::{hash_key, ClientEntry, KeyEntry, KeysFile};
+    let key = |k: &str, revoked: Option<&str>| KeyEntry {
+        sha256: hex::encode(hash_key(k)),
+        added: "2026-11-30T09:00:00Z".to_owned(),
+        revoked: revoked.map(str::to_owned),
+    };
+    let file = KeysFile {
+        clients: vec![
+            ClientEntry {
+                id: "batch-nightly".to_owned(),
+                rate: Some("500/s".parse().unwrap()),
+                burst: Some(1000),
+                keys: vec![
+                    key("cra_old", Some("2026-12-01T08:00:00Z")),
+                    key("cra_new", None),
+                ],
+            },
+            ClientEntry {
+                id: "loan-origination@lender.example".to_owned(),
+                rate: Some("60/m".parse().unwrap()),
+                burst: None,
+                keys: vec![key("cra_web", None)],
+            },
+        ],
+    };
+    write("keys_file", "two-clients", file.to_toml().as_bytes());
+    let one = KeysFile {
+        clients: vec![ClientEntry {
+            id: "c1".to_owned(),
+            rate: None,
+            burst: None,
+            keys: vec![key("cra_c1", None)],
+        }],
+    };
+    write("keys_file", "one-client", one.to_toml().as_bytes());
 }
