@@ -19,6 +19,8 @@
 //! | `cra_tls_handshake_failures_total` | counter | `port` (grpc, http) |
 //! | `cra_process_resident_memory_bytes`, `cra_process_open_fds`, `cra_process_threads` | gauges | |
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         OnceLock,
@@ -27,7 +29,8 @@ use std::{
 };
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -171,15 +174,66 @@ pub fn request(transport: &'static str, rpc: &str, code: &str, elapsed: Duration
     if handle().is_none() {
         return;
     }
-    counter!(
-        "cra_requests_total",
-        "transport" => transport,
-        "rpc" => rpc.to_owned(),
-        "code" => code.to_owned()
-    )
-    .increment(1);
-    histogram!("cra_request_duration_seconds", "transport" => transport, "rpc" => rpc.to_owned())
-        .record(elapsed.as_secs_f64());
+    HANDLES.with_borrow_mut(|h| {
+        let calls = h
+            .calls
+            .entry(transport)
+            .or_default()
+            .entry_ref(rpc, || CallHandles {
+                duration: histogram!(
+                    "cra_request_duration_seconds",
+                    "transport" => transport,
+                    "rpc" => rpc.to_owned()
+                ),
+                by_code: HashMap::new(),
+            });
+        calls.duration.record(elapsed.as_secs_f64());
+        calls
+            .by_code
+            .entry_ref(code, || {
+                counter!(
+                    "cra_requests_total",
+                    "transport" => transport,
+                    "rpc" => rpc.to_owned(),
+                    "code" => code.to_owned()
+                )
+            })
+            .increment(1);
+    });
+}
+
+/// The handles of the metrics every call moves, registered on first use, per thread: a call
+/// then finds its counter and histogram by two map lookups, without building the metric's key
+/// (its label strings) or looking it up in the recorder's registry. Labels are bounded: the
+/// transports, the gRPC methods and HTTP route templates, the status codes, the models loaded.
+#[derive(Default)]
+struct Handles {
+    calls: HashMap<&'static str, HashMap<String, CallHandles>>,
+    /// By model version, then role and outcome.
+    decisions: HashMap<String, HashMap<(&'static str, &'static str), Counter>>,
+}
+
+struct CallHandles {
+    duration: Histogram,
+    by_code: HashMap<String, Counter>,
+}
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
+}
+
+/// `entry`, for a map keyed by `String`, that allocates the key only when it is new.
+trait EntryRef<V> {
+    fn entry_ref(&mut self, key: &str, new: impl FnOnce() -> V) -> &mut V;
+}
+
+impl<V> EntryRef<V> for HashMap<String, V> {
+    fn entry_ref(&mut self, key: &str, new: impl FnOnce() -> V) -> &mut V {
+        if !self.contains_key(key) {
+            self.insert(key.to_owned(), new());
+        }
+        self.get_mut(key).expect("inserted above")
+    }
 }
 
 /// A call refused for want of a valid credential.
@@ -212,13 +266,20 @@ pub fn decisions(model_version: &str, role: &'static str, outcome: &'static str,
     if n == 0 || handle().is_none() {
         return;
     }
-    counter!(
-        "cra_decisions_total",
-        "model_version" => model_version.to_owned(),
-        "role" => role,
-        "outcome" => outcome
-    )
-    .increment(n);
+    HANDLES.with_borrow_mut(|h| {
+        h.decisions
+            .entry_ref(model_version, HashMap::new)
+            .entry((role, outcome))
+            .or_insert_with(|| {
+                counter!(
+                    "cra_decisions_total",
+                    "model_version" => model_version.to_owned(),
+                    "role" => role,
+                    "outcome" => outcome
+                )
+            })
+            .increment(n);
+    });
 }
 
 /// Scored decisions by risk level, and the explanations computed.
@@ -226,13 +287,21 @@ pub fn risk_levels(low: u64, medium: u64, high: u64, explanations: u64) {
     if handle().is_none() {
         return;
     }
-    for (level, n) in [("low", low), ("medium", medium), ("high", high)] {
+    static COUNTERS: OnceLock<([Counter; 3], Counter)> = OnceLock::new();
+    let (levels, explained) = COUNTERS.get_or_init(|| {
+        (
+            ["low", "medium", "high"]
+                .map(|level| counter!("cra_decisions_by_risk_level_total", "risk_level" => level)),
+            counter!("cra_explanations_total"),
+        )
+    });
+    for (counter, n) in levels.iter().zip([low, medium, high]) {
         if n > 0 {
-            counter!("cra_decisions_by_risk_level_total", "risk_level" => level).increment(n);
+            counter.increment(n);
         }
     }
     if explanations > 0 {
-        counter!("cra_explanations_total").increment(explanations);
+        explained.increment(explanations);
     }
 }
 

@@ -159,9 +159,9 @@ pub(crate) fn record_call<T>(rpc: &str, answer: &Result<T, Status>, started: Ins
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),
     };
-    let name = format!("{code:?}");
-    crate::telemetry::traces::record_status(&name, super::status::is_server_fault(code));
-    crate::monitoring::request("grpc", rpc, &name, started.elapsed());
+    let name = super::status::code_name(code);
+    crate::telemetry::traces::record_status(name, super::status::is_server_fault(code));
+    crate::monitoring::request("grpc", rpc, name, started.elapsed());
 }
 
 /// The caller the authentication layer established (`security::auth`); a call it did not see

@@ -126,6 +126,31 @@ pub fn is_server_fault(code: tonic::Code) -> bool {
     )
 }
 
+/// A status code's name as the metrics and spans record it (`InvalidArgument`: tonic's
+/// `Debug`), without formatting one per call.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +197,13 @@ mod tests {
         );
         assert!(item.message.ends_with('…'));
         assert_eq!(truncated("short".into(), 10), "short");
+    }
+
+    #[test]
+    fn code_names_are_tonics_debug_names() {
+        for i in 0..=16 {
+            let code = Code::from_i32(i);
+            assert_eq!(super::code_name(code), format!("{code:?}"));
+        }
     }
 }
