@@ -211,6 +211,8 @@ struct Handles {
     calls: HashMap<&'static str, HashMap<String, CallHandles>>,
     /// By model version, then role and outcome.
     decisions: HashMap<String, HashMap<(&'static str, &'static str), Counter>>,
+    /// By client id.
+    rate_limited: HashMap<String, Counter>,
 }
 
 struct CallHandles {
@@ -244,13 +246,21 @@ pub fn auth_refusal(transport: &'static str, reason: &'static str) {
     counter!("cra_auth_refusals_total", "transport" => transport, "reason" => reason).increment(1);
 }
 
-/// A call refused over its client's rate limit.
+/// A call refused over its client's rate limit. (A client hammering past its limit makes this
+/// the hottest path of all: its handle is kept like the per-call ones.)
 pub fn rate_limited(client: Option<&str>) {
     if handle().is_none() {
         return;
     }
-    counter!("cra_rate_limited_total", "client" => client.unwrap_or("anonymous").to_owned())
-        .increment(1);
+    let client = client.unwrap_or("anonymous");
+    HANDLES.with_borrow_mut(|h| {
+        h.rate_limited
+            .entry_ref(
+                client,
+                || counter!("cra_rate_limited_total", "client" => client.to_owned()),
+            )
+            .increment(1);
+    });
 }
 
 /// A TLS handshake that failed or timed out.
