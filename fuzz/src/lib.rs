@@ -66,6 +66,7 @@ pub fn call_context(request_id: &str, rpc: Rpc) -> CallContext<'_> {
         request_id,
         rpc,
         peer: Some(peer()),
+        caller: cra::security::Caller::anonymous(),
         received_at: SystemTime::now(),
         started,
         deadline: Some((started + timeout, timeout)),
