@@ -11,7 +11,11 @@
 #     stream (paced by back-pressure).
 #
 #   scripts/bench-security.sh [CRA_BIN]     results go to results/security-<UTC time>/
-# env: ROUNDS (3), DURATION (10s), RATE_B (200), LIMIT_A (5000/s)
+# env: ROUNDS (3), DURATION (10s), RATE_B (200), LIMIT_A (5000/s),
+#      PIN (0): 1 runs the server on CPU 0 and the clients on the others (taskset), the batch
+#      client at the lowest priority (nice 19), so that on one small machine the batch client's
+#      own CPU (the load generator's, which in production is on another machine) does not count
+#      against the interactive client: what is left is what the server does for each of them.
 set -euo pipefail
 export CRA_HTTP_LISTEN=127.0.0.1:0
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -20,6 +24,15 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 RATE_B=${RATE_B:-200}
 LIMIT_A=${LIMIT_A:-5000/s}
+PIN=${PIN:-0}
+SERVER_CPU=()
+CLIENT_CPU=()
+BATCH_NICE=()
+if [ "$PIN" = 1 ]; then
+  SERVER_CPU=(taskset -c 0)
+  CLIENT_CPU=(taskset -c "1-$(($(nproc) - 1))")
+  BATCH_NICE=(nice -n 19)
+fi
 OUT=results/security-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -32,6 +45,7 @@ trap cleanup EXIT
   echo "nproc: $(nproc)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "cra: $("$CRA" --version)"
+  echo "pinned: $PIN"
 } | tee "$OUT/env.txt"
 
 # Test certificates: a CA and a server certificate for localhost (openssl).
@@ -50,7 +64,7 @@ KEY_LIMITED=$("$CRA" keys --api-keys "$KEYS" add batch-limited --rate "$LIMIT_A"
 
 PORT=50593
 serve() {
-  "$CRA" serve --audit off --listen "127.0.0.1:$PORT" "$@" >"$OUT/serve.log" 2>&1 &
+  "${SERVER_CPU[@]}" "$CRA" serve --audit off --listen "127.0.0.1:$PORT" "$@" >"$OUT/serve.log" 2>&1 &
   PID=$!
 }
 # Waits until the server answers a call made with the bench arguments given.
@@ -90,12 +104,12 @@ fair() { # NAME, then the batch client's bench arguments (none: the interactive 
   local name=$1; shift
   local apid=""
   if [ $# -gt 0 ]; then
-    "$CRA" bench --addr "127.0.0.1:$PORT" --connections 2 --duration "$((${DURATION%s} + 4))s" --warmup 0s --json "$@" \
+    "${CLIENT_CPU[@]}" "${BATCH_NICE[@]}" "$CRA" bench --addr "127.0.0.1:$PORT" --connections 2 --duration "$((${DURATION%s} + 4))s" --warmup 0s --json "$@" \
       >"$OUT/fair-$name-batch.json" 2>&1 &
     apid=$!
     sleep 2
   fi
-  "$CRA" bench "${B[@]}" >"$OUT/fair-$name.json"
+  "${CLIENT_CPU[@]}" "$CRA" bench "${B[@]}" >"$OUT/fair-$name.json"
   if [ -n "$apid" ]; then wait "$apid" || true; fi
   python3 - "$OUT/fair-$name.json" "$OUT/fair-$name-batch.json" "$name" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys, os
