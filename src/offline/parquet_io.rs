@@ -684,6 +684,7 @@ mod tests {
         StringViewArray, UInt16Array, UInt32Array, UInt8Array,
     };
     use arrow::datatypes::{Float64Type, Int32Type, Int8Type, UInt64Type};
+    use cra_model::application::{EmploymentStatus, HomeOwnership, LoanPurpose};
     use cra_model::input::Category;
     use std::sync::Arc;
 
@@ -894,8 +895,12 @@ mod tests {
         ])
     }
 
-    fn name(s: &str) -> Category {
-        Category::Name(s.to_owned())
+    /// A category as the reader keeps it: a known spelling as its code, any other as written.
+    fn known<T: cra_model::input::CategoryValue>(s: &str) -> Category {
+        T::parse(s).map_or_else(
+            || Category::Name(s.to_owned()),
+            |v| Category::Code(v.code()),
+        )
     }
 
     fn expected_mixed() -> Vec<ApplicationInput> {
@@ -917,9 +922,9 @@ mod tests {
                 num_late_payments: Some(0.0),
                 num_bankruptcies: None,
                 inquiries_last_6m: Some(1.0),
-                employment_status: name("employed"),
-                home_ownership: name("rent"),
-                loan_purpose: name("auto"),
+                employment_status: known::<EmploymentStatus>("employed"),
+                home_ownership: known::<HomeOwnership>("rent"),
+                loan_purpose: known::<LoanPurpose>("auto"),
             },
             ApplicationInput {
                 decode_errors: Vec::new(),
@@ -939,8 +944,8 @@ mod tests {
                 num_bankruptcies: None,
                 inquiries_last_6m: Some(2.5),
                 employment_status: Category::Absent,
-                home_ownership: name("own"),
-                loan_purpose: name("medical"),
+                home_ownership: known::<HomeOwnership>("own"),
+                loan_purpose: known::<LoanPurpose>("medical"),
             },
             ApplicationInput {
                 decode_errors: Vec::new(),
@@ -959,8 +964,8 @@ mod tests {
                 num_late_payments: None,
                 num_bankruptcies: None,
                 inquiries_last_6m: None,
-                employment_status: name("astronaut"),
-                home_ownership: name("own"),
+                employment_status: known::<EmploymentStatus>("astronaut"),
+                home_ownership: known::<HomeOwnership>("own"),
                 loan_purpose: Category::Absent,
             },
             ApplicationInput {
@@ -980,9 +985,9 @@ mod tests {
                 num_late_payments: Some(3.0),
                 num_bankruptcies: None,
                 inquiries_last_6m: Some(f64::INFINITY),
-                employment_status: name(""),
+                employment_status: known::<EmploymentStatus>(""),
                 home_ownership: Category::Absent,
-                loan_purpose: name("yacht"),
+                loan_purpose: known::<LoanPurpose>("yacht"),
             },
             ApplicationInput {
                 decode_errors: Vec::new(),
@@ -1001,9 +1006,9 @@ mod tests {
                 num_late_payments: Some(127.0),
                 num_bankruptcies: None,
                 inquiries_last_6m: Some(0.0),
-                employment_status: name("employed"),
-                home_ownership: name("rent"),
-                loan_purpose: name("auto"),
+                employment_status: known::<EmploymentStatus>("employed"),
+                home_ownership: known::<HomeOwnership>("rent"),
+                loan_purpose: known::<LoanPurpose>("auto"),
             },
         ]
     }

@@ -36,9 +36,10 @@ use arrow::{
     },
 };
 
+use crate::application::{EmploymentStatus, HomeOwnership, LoanPurpose};
 use crate::application::{CATEGORICAL_INPUTS, NUMERIC_INPUTS};
 use crate::explain::Explanation;
-use crate::input::{ApplicationInput, Category};
+use crate::input::{ApplicationInput, Category, CategoryValue};
 
 /// The optional input column, and the output id column when the input has it.
 pub const APPLICATION_ID_COLUMN: &str = "application_id";
@@ -134,6 +135,20 @@ const NUMERIC_SLOTS: [(&str, NumericSlot); NUMERIC_INPUTS.len()] = field_slots!(
 /// The categorical fields, in [`CATEGORICAL_INPUTS`] order (checked at compile time below).
 const CATEGORY_SLOTS: [(&str, CategorySlot); CATEGORICAL_INPUTS.len()] =
     field_slots!(Category; employment_status, home_ownership, loan_purpose);
+
+/// The contract code of a known spelling, for each field of [`CATEGORY_SLOTS`] in its order: a
+/// known value is kept as its code, which validation and the decision log read exactly as they
+/// read its spelling, without a string allocated per row; an unknown spelling is kept as
+/// written, for validation to name.
+const CATEGORY_CODES: [fn(&str) -> Option<i32>; CATEGORICAL_INPUTS.len()] = [
+    code_of::<EmploymentStatus>,
+    code_of::<HomeOwnership>,
+    code_of::<LoanPurpose>,
+];
+
+fn code_of<T: CategoryValue>(spelling: &str) -> Option<i32> {
+    T::parse(spelling).map(T::code)
+}
 
 /// Whether two strings are equal, usable in a constant.
 const fn same_str(a: &str, b: &str) -> bool {
@@ -324,9 +339,9 @@ pub fn decode_batch(batch: &RecordBatch) -> Result<Vec<ApplicationInput>, Decode
         fill_numeric(values.as_ref(), &mut inputs, slot)
             .map_err(|message| decode_error(name, message, ACCEPTED_NUMERIC))?;
     }
-    for (name, slot) in CATEGORY_SLOTS {
+    for ((name, slot), code_of) in CATEGORY_SLOTS.into_iter().zip(CATEGORY_CODES) {
         let values = column(name, ACCEPTED_STRING)?;
-        fill_category(values.as_ref(), &mut inputs, slot)
+        fill_category(values.as_ref(), &mut inputs, slot, code_of)
             .map_err(|message| decode_error(name, message, ACCEPTED_STRING))?;
     }
     if let Some(values) = batch.column_by_name(APPLICATION_ID_COLUMN) {
@@ -392,17 +407,22 @@ fn fill_primitive<T: ArrowPrimitiveType>(
     Ok(())
 }
 
-/// Sets one categorical field of every application from `column`: null → `Absent`, a string
-/// → `Name(string)` as written (even an empty or unknown one: validation names it).
+/// Sets one categorical field of every application from `column`: null → `Absent`, a known
+/// spelling → its `Code`, any other string → `Name(string)` as written (even an empty one:
+/// validation names it).
 fn fill_category(
     column: &dyn Array,
     inputs: &mut [ApplicationInput],
     slot: CategorySlot,
+    code_of: fn(&str) -> Option<i32>,
 ) -> Result<(), String> {
     check_length(column, inputs)?;
     for_each_string(column, |row, value| {
         if let Some(input) = inputs.get_mut(row) {
-            *slot(input) = value.map_or(Category::Absent, |s| Category::Name(s.to_owned()));
+            *slot(input) = match value {
+                None => Category::Absent,
+                Some(s) => code_of(s).map_or_else(|| Category::Name(s.to_owned()), Category::Code),
+            };
         }
     })
 }
