@@ -219,6 +219,12 @@ pub struct TrainArgs {
     /// bundle instead of the standard one; every model feature must belong to exactly one code.
     #[arg(long, env = "CRA_REASON_CODES")]
     pub reason_codes: Option<PathBuf>,
+    /// Train nothing: add (or replace) the drift reference (`drift_reference.json`) of the
+    /// existing bundle in --out, computed from --data, which must be the file the bundle was
+    /// trained on (its SHA-256 is checked). The split is the one the manifest records; the
+    /// booster, the manifest and the model version are left as they are. Needs no libxgboost.
+    #[arg(long)]
+    pub drift_reference_only: bool,
 }
 
 /// The number of worker (or scoring) threads: the CPUs this process may use (respects cgroup quotas and
