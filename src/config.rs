@@ -289,6 +289,12 @@ pub struct ServeConfig {
     /// then answers 503).
     #[arg(long, env = "CRA_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics: bool,
+    /// Live drift: the last N scored decisions of each model are kept, binned against the
+    /// bundle's drift reference, and /metrics exports the PSI of the score and of every
+    /// feature over them (cra_drift_score_psi, cra_drift_feature_psi) once a window holds 100
+    /// decisions. 0 turns it off (it is also off with --metrics false).
+    #[arg(long, env = "CRA_DRIFT_WINDOW", default_value_t = crate::scoring::drift::DEFAULT_WINDOW)]
+    pub drift_window: usize,
     /// Watch the models file and reload when it changes (SIGHUP reloads either way).
     #[arg(long, env = "CRA_WATCH_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_models: bool,
