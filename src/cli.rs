@@ -19,6 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report(&args),
         Command::Keys(args) => keys(&args),
         Command::Import(args) => import(&args),
+        Command::Drift(args) => crate::drift::run(&args),
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Command {
     /// pipeline) and its fitted preprocessing; the bundle is verified against the original
     /// pipeline's canary probabilities before it is written.
     Import(ImportArgs),
+    /// The drift of a model from the decision log: the PSI of the score and of every feature
+    /// of its recorded decisions against the training distributions in its bundle.
+    Drift(crate::drift::DriftArgs),
 }
 
 /// `cra keys`.
