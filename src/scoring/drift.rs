@@ -7,8 +7,9 @@
 //! only once a window holds [`MIN_DECISIONS`] decisions (fewer give a PSI that is mostly
 //! sampling noise).
 //!
-//! A reload keeps the window of a model that stays (same version and role) and starts an empty
-//! one for a new model; the windows of models no longer served are dropped. A model whose
+//! Shadow models have windows too, filled off the response path by the shadow thread. A reload
+//! keeps the window of a model that stays (same version and role) and starts an empty one for a
+//! new model; the windows of models no longer served are dropped. A model whose
 //! bundle has no drift reference gets no window: its drift is unavailable
 //! (`cra_drift_available 0`).
 use std::sync::{Arc, Mutex};
@@ -104,6 +105,17 @@ impl Window {
 struct Windows {
     generation: u64,
     live: Vec<Option<Arc<Window>>>,
+    shadows: Vec<Option<Arc<Window>>>,
+}
+
+impl Windows {
+    /// Whether these are the windows of `set`.
+    #[inline]
+    fn of(&self, set: &ModelSet) -> bool {
+        self.generation == set.generation
+            && self.live.len() == set.live.len()
+            && self.shadows.len() == set.shadows.len()
+    }
 }
 
 /// One model's drift, as `/metrics` exports it.
@@ -146,7 +158,7 @@ impl DriftMonitor {
     /// `None` for a call still finishing on a set that has since been replaced.
     fn windows(&self, set: &ModelSet) -> Option<Arc<Windows>> {
         let current = self.windows.load();
-        if current.generation == set.generation && current.live.len() == set.live.len() {
+        if current.of(set) {
             return Some(arc_swap::Guard::into_inner(current));
         }
         drop(current);
@@ -159,7 +171,7 @@ impl DriftMonitor {
     fn rebuild(&self, set: &ModelSet) -> Option<Arc<Windows>> {
         let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.windows.load_full();
-        if old.generation == set.generation && old.live.len() == set.live.len() {
+        if old.of(set) {
             return Some(old);
         }
         if old.generation > set.generation {
@@ -168,31 +180,29 @@ impl DriftMonitor {
         let keep = |m: &Member| {
             old.live
                 .iter()
+                .chain(&old.shadows)
                 .flatten()
                 .find(|w| w.role == m.role && w.bundle.version() == m.bundle.version())
         };
-        let live = set
-            .live
-            .iter()
-            .map(|m| match keep(m) {
-                Some(w) => Some(w.clone()),
-                None => {
-                    let w = Window::new(m.bundle.clone(), m.role, self.capacity).map(Arc::new);
-                    if w.is_none() {
-                        tracing::warn!(
-                            model_version = m.bundle.version(),
-                            role = m.role.as_str(),
-                            dir = %m.dir.display(),
-                            "this model's bundle has no drift reference (drift_reference.json): live drift is unavailable for it; add one with `cra train --drift-reference-only`"
-                        );
-                    }
-                    w
+        let window = |m: &Member| match keep(m) {
+            Some(w) => Some(w.clone()),
+            None => {
+                let w = Window::new(m.bundle.clone(), m.role, self.capacity).map(Arc::new);
+                if w.is_none() {
+                    tracing::warn!(
+                        model_version = m.bundle.version(),
+                        role = m.role.as_str(),
+                        dir = %m.dir.display(),
+                        "this model's bundle has no drift reference (drift_reference.json): live drift is unavailable for it; add one with `cra train --drift-reference-only`"
+                    );
                 }
-            })
-            .collect();
+                w
+            }
+        };
         let new = Arc::new(Windows {
             generation: set.generation,
-            live,
+            live: set.live.iter().map(window).collect(),
+            shadows: set.shadows.iter().map(window).collect(),
         });
         self.windows.store(new.clone());
         Some(new)
@@ -202,7 +212,7 @@ impl DriftMonitor {
     pub fn record(&self, set: &ModelSet, member: usize, application: &Application, p: f64) {
         // The fast path borrows the current windows without touching their reference count.
         let current = self.windows.load();
-        if current.generation == set.generation && current.live.len() == set.live.len() {
+        if current.of(set) {
             if let Some(Some(w)) = current.live.get(member) {
                 w.record(std::iter::once((application, p)));
             }
@@ -235,16 +245,36 @@ impl DriftMonitor {
         }
     }
 
-    /// The drift of every live model of `set`, for `/metrics`.
+    /// Records the decisions of `set.shadows[shadow]` (scored off the response path).
+    pub fn record_shadow<'a>(
+        &self,
+        set: &ModelSet,
+        shadow: usize,
+        decisions: impl Iterator<Item = (&'a Application, f64)>,
+    ) {
+        if let Some(Some(w)) = self
+            .windows(set)
+            .as_ref()
+            .and_then(|w| w.shadows.get(shadow))
+        {
+            let mut decisions = decisions.peekable();
+            while decisions.peek().is_some() {
+                w.record(decisions.by_ref().take(LOCK_CHUNK));
+            }
+        }
+    }
+
+    /// The drift of every model of `set` (the live ones, then the shadows), for `/metrics`.
     pub fn report(&self, set: &ModelSet) -> Vec<ModelDrift> {
         let windows = self.windows(set);
-        set.live
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let window = windows
-                    .as_ref()
-                    .and_then(|w| w.live.get(i).cloned().flatten());
+        let live = set.live.iter().enumerate().map(|(i, m)| (m, false, i));
+        let shadows = set.shadows.iter().enumerate().map(|(i, m)| (m, true, i));
+        live.chain(shadows)
+            .map(|(m, shadow, i)| {
+                let window = windows.as_ref().and_then(|w| {
+                    let list = if shadow { &w.shadows } else { &w.live };
+                    list.get(i).cloned().flatten()
+                });
                 let (decisions, psi) = window.map_or((0, None), |w| w.snapshot());
                 ModelDrift {
                     model_version: m.bundle.version().to_owned(),
@@ -263,8 +293,84 @@ mod tests {
     use super::*;
 
     fn set() -> ModelSet {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-        cra_model::registry::load_set(&super::super::ModelSource::Bundle(dir), 1).unwrap()
+        load("models/default", 1)
+    }
+
+    fn load(dir: &str, generation: u64) -> ModelSet {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        load_dir(dir, generation)
+    }
+
+    fn load_dir(dir: std::path::PathBuf, generation: u64) -> ModelSet {
+        cra_model::registry::load_set(&super::super::ModelSource::Bundle(dir), generation).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_window_of_a_model_that_stays_and_starts_a_new_one_empty() {
+        let monitor = DriftMonitor::new(1000);
+        let a = Application::example();
+        let first = load("models/default", 1);
+        for _ in 0..5 {
+            monitor.record(&first, 0, &a, 0.2);
+        }
+        // The same model after a reload: its window goes on.
+        let same = load("models/default", 2);
+        monitor.record(&same, 0, &a, 0.2);
+        assert_eq!(monitor.report(&same)[0].decisions, 6);
+        // Another version: an empty window of its own.
+        let other = load("models/challenger", 3);
+        let r = monitor.report(&other);
+        assert_eq!(r[0].model_version, other.live[0].bundle.version());
+        assert_ne!(r[0].model_version, first.live[0].bundle.version());
+        assert_eq!((r[0].decisions, r[0].available), (0, true));
+        // A call still finishing on the old set is not counted anywhere, and does not fail.
+        monitor.record(&first, 0, &a, 0.2);
+        monitor.record_items(&first, &[]);
+        assert_eq!(monitor.report(&other)[0].decisions, 0);
+        // A bundle without a reference: no window, drift unavailable.
+        let dir = tempfile::tempdir().unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        for f in [
+            "booster.json",
+            "bundle.json",
+            "metrics.json",
+            "reason_codes.json",
+        ] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        cra_model::bundle::write_checksums(dir.path()).unwrap();
+        let bare = load_dir(dir.path().to_owned(), 4);
+        monitor.record(&bare, 0, &a, 0.2);
+        let r = monitor.report(&bare);
+        assert_eq!((r[0].decisions, r[0].available), (0, false));
+        assert!(r[0].psi.is_none());
+    }
+
+    #[test]
+    fn shadows_have_windows_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let file = dir.path().join("models.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[models]]\npath = {:?}\nrole = \"champion\"\n\n[[models]]\npath = {:?}\nrole = \"shadow\"\n",
+                models.join("default"),
+                models.join("challenger")
+            ),
+        )
+        .unwrap();
+        let set = cra_model::registry::load_set(&super::super::ModelSource::File(file), 1).unwrap();
+        let monitor = DriftMonitor::new(1000);
+        let a = Application::example();
+        monitor.record(&set, 0, &a, 0.2);
+        monitor.record_shadow(&set, 0, std::iter::repeat_n((&a, 0.3), 600));
+        let r = monitor.report(&set);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].role, r[0].decisions), (Role::Champion, 1));
+        assert_eq!((r[1].role, r[1].decisions), (Role::Shadow, 600));
+        assert_eq!(r[1].model_version, set.shadows[0].bundle.version());
+        assert!(r[1].psi.is_some());
     }
 
     #[test]

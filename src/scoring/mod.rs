@@ -112,7 +112,7 @@ pub struct Scorer {
     chunk: usize,
     explain: ExplainPolicy,
     /// The live drift windows (`None`: `--drift-window 0`, or not a server).
-    drift: Option<drift::DriftMonitor>,
+    drift: Option<Arc<drift::DriftMonitor>>,
 }
 
 impl Scorer {
@@ -134,17 +134,20 @@ impl Scorer {
 
     /// Keeps a live drift window of the last `window` decisions of each model (0: none).
     pub fn with_drift_window(mut self, window: usize) -> Scorer {
-        self.drift = (window > 0).then(|| drift::DriftMonitor::new(window));
+        self.drift = (window > 0).then(|| Arc::new(drift::DriftMonitor::new(window)));
         if let Some(d) = &self.drift {
             // Builds the windows now, so that a model without a reference is named at start.
             d.report(&self.registry.current());
         }
+        // The shadow thread fills the shadows' windows (the one started by `new`, idle so far,
+        // ends when its channel is dropped).
+        self.shadows = ShadowRunner::start_with_drift(self.recorder.clone(), self.drift.clone());
         self
     }
 
     /// The live drift windows, when kept.
     pub fn drift(&self) -> Option<&drift::DriftMonitor> {
-        self.drift.as_ref()
+        self.drift.as_deref()
     }
 
     /// Which decisions carry an explanation when the client does not ask.
