@@ -1,11 +1,11 @@
 //! Live drift: for each model serving (version and role), a window of the last N decisions
 //! (`cra serve --drift-window N`, 0: off) binned against the bundle's drift reference
 //! ([`cra_model::drift`]), with running per-bin counts: recording a decision bins it (one
-//! comparison pass per feature, no allocation), then, under the window's own short lock,
-//! takes the evicted decision's bins out of the counts and adds the new ones. The PSI of the
-//! score and of each feature is computed from the counts only when `/metrics` is rendered, and
-//! only once a window holds [`MIN_DECISIONS`] decisions (fewer give a PSI that is mostly
-//! sampling noise).
+//! comparison pass per feature, no allocation, outside any lock), then, under the window's
+//! own short lock, takes the evicted decision's bins out of the counts and adds the new ones.
+//! The PSI of the score and of each feature is computed from the counts only when `/metrics`
+//! is rendered, and only once a window holds [`MIN_DECISIONS`] decisions (fewer give a PSI
+//! that is mostly sampling noise).
 //!
 //! Shadow models have windows too, filled off the response path by the shadow thread. A reload
 //! keeps the window of a model that stays (same version and role) and starts an empty one for a
@@ -27,7 +27,8 @@ use super::registry::{Member, ModelSet, Role};
 pub const DEFAULT_WINDOW: usize = 10_000;
 /// The fewest decisions a window needs before its PSI is exported.
 pub const MIN_DECISIONS: u64 = 100;
-/// Decisions of a batch binned under one hold of a window's lock.
+/// Decisions of a batch binned (outside the lock) then counted under one hold of a window's
+/// lock.
 const LOCK_CHUNK: usize = 256;
 
 /// The last decisions' bins of one model, as a ring, and their counts.
@@ -63,25 +64,53 @@ impl Window {
         })
     }
 
-    /// Records the decisions `(application, probability_default)`.
+    /// Records the decisions `(application, probability_default)`: binned outside the lock,
+    /// up to [`LOCK_CHUNK`] at a time (on the stack), then counted under it.
     fn record<'a>(&self, decisions: impl Iterator<Item = (&'a Application, f64)>) {
         let Some(binner) = self.bundle.drift() else {
             return;
         };
-        let mut bins: Bins = [0; NUM_TRACKED];
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        for (application, p) in decisions {
-            binner.bins(application, p, &mut bins);
-            let ring = &mut *ring;
-            if ring.rows.len() < self.capacity {
-                ring.rows.push(bins);
-            } else {
-                let old = std::mem::replace(&mut ring.rows[ring.next], bins);
-                ring.counts.remove(binner, &old);
-                ring.next = (ring.next + 1) % self.capacity;
+        let mut chunk: [Bins; LOCK_CHUNK] = [[0; NUM_TRACKED]; LOCK_CHUNK];
+        let mut decisions = decisions.peekable();
+        while decisions.peek().is_some() {
+            let mut n = 0;
+            for (bins, (application, p)) in chunk.iter_mut().zip(decisions.by_ref()) {
+                binner.bins(application, p, bins);
+                n += 1;
             }
-            ring.counts.add(binner, &bins);
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            let ring = &mut *ring;
+            for bins in &chunk[..n] {
+                if ring.rows.len() < self.capacity {
+                    ring.rows.push(*bins);
+                } else {
+                    let old = std::mem::replace(&mut ring.rows[ring.next], *bins);
+                    ring.counts.remove(binner, &old);
+                    ring.next = (ring.next + 1) % self.capacity;
+                }
+                ring.counts.add(binner, bins);
+            }
         }
+    }
+
+    /// Records one decision: binned outside the lock, counted under it.
+    #[inline]
+    fn record_one(&self, application: &Application, p: f64) {
+        let Some(binner) = self.bundle.drift() else {
+            return;
+        };
+        let mut bins: Bins = [0; NUM_TRACKED];
+        binner.bins(application, p, &mut bins);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = &mut *ring;
+        if ring.rows.len() < self.capacity {
+            ring.rows.push(bins);
+        } else {
+            let old = std::mem::replace(&mut ring.rows[ring.next], bins);
+            ring.counts.remove(binner, &old);
+            ring.next = (ring.next + 1) % self.capacity;
+        }
+        ring.counts.add(binner, &bins);
     }
 
     /// The decisions in the window and, when there are at least [`MIN_DECISIONS`], their PSI.
@@ -214,13 +243,13 @@ impl DriftMonitor {
         let current = self.windows.load();
         if current.of(set) {
             if let Some(Some(w)) = current.live.get(member) {
-                w.record(std::iter::once((application, p)));
+                w.record_one(application, p);
             }
             return;
         }
         drop(current);
         if let Some(Some(w)) = self.rebuild(set).as_ref().and_then(|w| w.live.get(member)) {
-            w.record(std::iter::once((application, p)));
+            w.record_one(application, p);
         }
     }
 
@@ -231,17 +260,15 @@ impl DriftMonitor {
         };
         for (m, window) in windows.live.iter().enumerate() {
             let Some(window) = window else { continue };
-            for chunk in items.chunks(LOCK_CHUNK) {
-                window.record(chunk.iter().filter_map(|item| match item {
-                    Item::Scored {
-                        member,
-                        application,
-                        decision,
-                        ..
-                    } if *member == m => Some((application, decision.probability_default)),
-                    _ => None,
-                }));
-            }
+            window.record(items.iter().filter_map(|item| match item {
+                Item::Scored {
+                    member,
+                    application,
+                    decision,
+                    ..
+                } if *member == m => Some((application, decision.probability_default)),
+                _ => None,
+            }));
         }
     }
 
@@ -257,10 +284,7 @@ impl DriftMonitor {
             .as_ref()
             .and_then(|w| w.shadows.get(shadow))
         {
-            let mut decisions = decisions.peekable();
-            while decisions.peek().is_some() {
-                w.record(decisions.by_ref().take(LOCK_CHUNK));
-            }
+            w.record(decisions);
         }
     }
 
