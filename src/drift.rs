@@ -490,6 +490,53 @@ mod tests {
         );
     }
 
+    /// The table, the JSON object and the page of a window of the same application again and
+    /// again (far from the training distribution): every column drifted, each drawn.
+    #[test]
+    fn table_json_and_page_show_every_column_with_its_band() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+        let bundle = ModelBundle::load(&dir).unwrap();
+        let binner = binner(&bundle, &dir).unwrap();
+        let mut counts = binner.counts();
+        let mut bins = [0u8; NUM_TRACKED];
+        let mut a = Application::example();
+        a.credit_score = f64::NAN;
+        binner.bins(&a, 0.2, &mut bins);
+        for _ in 0..150 {
+            counts.add(binner, &bins);
+        }
+        let psi = counts.psi(binner);
+        let drift = LogDrift {
+            model_version: bundle.version().to_owned(),
+            from: "2026-12-01T00:00:00Z".parse().unwrap(),
+            to: "2026-12-02T00:00:00Z".parse().unwrap(),
+            counts,
+            psi,
+        };
+        let table = drift.table();
+        assert_eq!(table.lines().count(), 2 + 20, "{table}");
+        assert!(
+            table.lines().nth(2).unwrap().starts_with("score "),
+            "{table}"
+        );
+        assert!(table.contains("significant"), "{table}");
+        let json = drift.to_json();
+        assert_eq!(json["rows"], 150);
+        assert_eq!(json["features"].as_object().unwrap().len(), 19);
+        assert!(json["score_psi"].as_f64().unwrap() > 0.25);
+        assert_eq!(json["bands"]["credit_score"], "significant");
+        let page = html(&drift, binner);
+        assert!(
+            page.contains("<h2>credit_score: PSI"),
+            "the missing bin drifted"
+        );
+        assert!(page.matches("<svg").count() >= 10);
+        assert!(
+            !page.contains("src=") && !page.contains("<script"),
+            "self-contained"
+        );
+    }
+
     #[test]
     fn bin_labels_are_shortened() {
         assert_eq!(
