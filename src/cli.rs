@@ -10,6 +10,7 @@ pub fn run(cli: Cli) -> Result<()> {
     crate::telemetry::init(cli.log_format);
     match cli.command {
         Command::Generate(args) => generate(&args),
+        Command::Train(args) if args.drift_reference_only => drift_reference(&args),
         Command::Train(args) => train(&args),
         Command::Serve(_) => unreachable!("served above"),
         Command::Score(args) => score(&args),
@@ -18,6 +19,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report(&args),
         Command::Keys(args) => keys(&args),
         Command::Import(args) => import(&args),
+        Command::Drift(args) => crate::drift::run(&args),
     }
 }
 
@@ -151,6 +153,21 @@ fn generate(args: &crate::config::GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cra train --drift-reference-only`: the drift reference of an existing bundle.
+fn drift_reference(args: &crate::config::TrainArgs) -> Result<()> {
+    let r = crate::training::reference::add_reference(&args.data, &args.out)?;
+    println!(
+        "drift reference of {} -> {}: features of {} training rows, score of {} test rows; checksums updated, the booster unchanged",
+        r.bundle.version(),
+        args.out
+            .join(cra_model::bundle::DRIFT_REFERENCE_FILE)
+            .display(),
+        r.feature_rows,
+        r.score_rows
+    );
+    Ok(())
+}
+
 /// `cra train` in a build without the trainer.
 #[cfg(not(feature = "trainer"))]
 fn train(_: &crate::config::TrainArgs) -> Result<()> {
@@ -211,6 +228,10 @@ fn train(args: &crate::config::TrainArgs) -> Result<()> {
         Some(o) => println!("  oracle AUC {o:.4}"),
         None => println!(),
     }
+    println!(
+        "drift reference: features of {} training rows, score of {} test rows",
+        report.model.drift_reference.feature_rows, report.model.drift_reference.score_rows
+    );
     println!(
         "bundle {} -> {} (verified on load)",
         report.bundle.version(),

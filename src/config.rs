@@ -49,6 +49,9 @@ pub enum Command {
     /// pipeline) and its fitted preprocessing; the bundle is verified against the original
     /// pipeline's canary probabilities before it is written.
     Import(ImportArgs),
+    /// The drift of a model from the decision log: the PSI of the score and of every feature
+    /// of its recorded decisions against the training distributions in its bundle.
+    Drift(crate::drift::DriftArgs),
 }
 
 /// `cra keys`.
@@ -219,6 +222,12 @@ pub struct TrainArgs {
     /// bundle instead of the standard one; every model feature must belong to exactly one code.
     #[arg(long, env = "CRA_REASON_CODES")]
     pub reason_codes: Option<PathBuf>,
+    /// Train nothing: add (or replace) the drift reference (`drift_reference.json`) of the
+    /// existing bundle in --out, computed from --data, which must be the file the bundle was
+    /// trained on (its SHA-256 is checked). The split is the one the manifest records; the
+    /// booster, the manifest and the model version are left as they are. Needs no libxgboost.
+    #[arg(long)]
+    pub drift_reference_only: bool,
 }
 
 /// The number of worker (or scoring) threads: the CPUs this process may use (respects cgroup quotas and
@@ -283,6 +292,12 @@ pub struct ServeConfig {
     /// then answers 503).
     #[arg(long, env = "CRA_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub metrics: bool,
+    /// Live drift: the last N scored decisions of each model are kept, binned against the
+    /// bundle's drift reference, and /metrics exports the PSI of the score and of every
+    /// feature over them (cra_drift_score_psi, cra_drift_feature_psi) once a window holds 100
+    /// decisions. 0 turns it off (it is also off with --metrics false).
+    #[arg(long, env = "CRA_DRIFT_WINDOW", default_value_t = crate::scoring::drift::DEFAULT_WINDOW)]
+    pub drift_window: usize,
     /// Watch the models file and reload when it changes (SIGHUP reloads either way).
     #[arg(long, env = "CRA_WATCH_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_models: bool,

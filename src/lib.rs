@@ -12,6 +12,7 @@
 //! - [`readiness`]: the SERVING / NOT_SERVING state the transports publish;
 //! - [`security`]: API keys, client certificates and TLS, per-client rate limits;
 //! - [`monitoring`]: Prometheus metrics (`GET /metrics` on the HTTP port);
+//! - [`drift`]: `cra drift`, the PSI of a model's decisions in the decision log;
 //! - [`offline`]: `cra score`, a Parquet file scored through the same core;
 //! - [`data`]: Parquet and CSV files of applications;
 //! - [`training`]: the split, the metrics and (feature `trainer`) the libxgboost trainer;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod decision_log;
+pub mod drift;
 pub mod grpc;
 pub mod http;
 pub mod monitoring;

@@ -13,11 +13,21 @@
 //! | `cra_explanations_total` | counter | |
 //! | `cra_decision_log_*` | gauges | rows written, replayed, set aside, refused, lost; spool bytes and segments; queue depth; oldest unrecorded age; database up |
 //! | `cra_model_info` | gauge (1) | `model_version`, `role` |
+//! | `cra_drift_available` | gauge (1, or 0: the bundle has no drift reference) | `model_version`, `role` |
+//! | `cra_drift_window_decisions` | gauge | `model_version`, `role` |
+//! | `cra_drift_score_psi` | gauge | `model_version`, `role` |
+//! | `cra_drift_feature_psi` | gauge | `model_version`, `role`, `feature` |
 //! | `cra_model_reloads_total` | counter | `result` (ok, failed) |
 //! | `cra_auth_refusals_total` | counter | `transport` (grpc, http), `reason` |
 //! | `cra_rate_limited_total` | counter | `client` (the client id, or `anonymous`) |
 //! | `cra_tls_handshake_failures_total` | counter | `port` (grpc, http) |
 //! | `cra_process_resident_memory_bytes`, `cra_process_open_fds`, `cra_process_threads` | gauges | |
+//!
+//! The drift gauges come from the live windows of [`crate::scoring::drift`] (`--drift-window`):
+//! the PSI ones only once a model's window holds
+//! [`MIN_DECISIONS`](crate::scoring::drift::MIN_DECISIONS) decisions. Every gauge is set when
+//! `/metrics` is rendered, so a gauge not set for [`GAUGE_IDLE`] (that of a model no longer
+//! served) is dropped from the exposition.
 use std::{
     cell::RefCell,
     collections::HashMap,
@@ -36,8 +46,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
     decision_log::DecisionLog,
-    scoring::{registry::ReloadStatus, ModelSet},
+    scoring::{drift::DriftMonitor, registry::ReloadStatus, ModelSet},
 };
+
+/// A gauge not set for this long is dropped: every gauge is set at each render, so only those
+/// of models no longer served (their version and role) go.
+pub const GAUGE_IDLE: Duration = Duration::from_secs(60);
 
 /// Bucket bounds of `cra_request_duration_seconds`: 10 µs to 10 s.
 const DURATION_BUCKETS: [f64; 19] = [
@@ -67,6 +81,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     &DURATION_BUCKETS,
                 )
                 .ok()?
+                .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .install_recorder()
                 .map_err(|e| tracing::warn!("Prometheus metrics unavailable: {e}"))
                 .ok()?;
@@ -114,6 +129,22 @@ fn describe() {
     describe_gauge!(
         "cra_model_info",
         "1 for each model loaded, with its version and role."
+    );
+    describe_gauge!(
+        "cra_drift_available",
+        "1 when the model's bundle has a drift reference, 0 when its drift is unavailable."
+    );
+    describe_gauge!(
+        "cra_drift_window_decisions",
+        "Scored decisions in the model's live drift window."
+    );
+    describe_gauge!(
+        "cra_drift_score_psi",
+        "PSI of the score (probability of default) over the drift window against training; 0.1 moderate, 0.25 significant."
+    );
+    describe_gauge!(
+        "cra_drift_feature_psi",
+        "PSI of a model feature over the drift window against training; 0.1 moderate, 0.25 significant."
     );
     describe_gauge!(
         "cra_decision_log_rows_written",
@@ -337,11 +368,39 @@ fn process_gauges() {
     }
 }
 
+/// The drift gauges of every live model.
+fn drift_gauges(drift: &DriftMonitor, models: &ModelSet) {
+    for m in drift.report(models) {
+        let (version, role) = (m.model_version, m.role.as_str());
+        gauge!("cra_drift_available", "model_version" => version.clone(), "role" => role)
+            .set(if m.available { 1.0 } else { 0.0 });
+        if !m.available {
+            continue;
+        }
+        gauge!("cra_drift_window_decisions", "model_version" => version.clone(), "role" => role)
+            .set(m.decisions as f64);
+        if let Some(psi) = m.psi {
+            gauge!("cra_drift_score_psi", "model_version" => version.clone(), "role" => role)
+                .set(psi.score_psi);
+            for (feature, v) in psi.features {
+                gauge!(
+                    "cra_drift_feature_psi",
+                    "model_version" => version.clone(),
+                    "role" => role,
+                    "feature" => feature
+                )
+                .set(v);
+            }
+        }
+    }
+}
+
 /// The text exposition of every metric, with the gauges read now.
 pub fn render(
     models: &ModelSet,
     reloads: &ReloadStatus,
     decision_log: Option<&DecisionLog>,
+    drift: Option<&DriftMonitor>,
 ) -> Option<String> {
     let handle = handle()?;
     counter!("cra_model_reloads_total", "result" => "ok").absolute(reloads.reloads);
@@ -349,6 +408,9 @@ pub fn render(
     for m in models.members() {
         gauge!("cra_model_info", "model_version" => m.bundle.version().to_owned(), "role" => m.role.as_str())
             .set(1.0);
+    }
+    if let Some(drift) = drift {
+        drift_gauges(drift, models);
     }
     if let Some(log) = decision_log.filter(|l| l.is_enabled()) {
         let s = log.stats();

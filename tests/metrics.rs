@@ -152,6 +152,50 @@ async fn metrics_move_with_the_calls_and_promtool_accepts_them() {
     assert!(get(&after, "cra_process_open_fds") > 0.0);
     assert!(get(&after, "cra_process_threads") >= 1.0);
 
+    // Drift: the window holds the 8 scored decisions; no PSI under 100 of them. After 120 more
+    // (all the same application, so far from the training distribution), every PSI is there.
+    let labels = format!(r#"model_version="{version}",role="champion""#);
+    assert_eq!(
+        get(&after, &format!("cra_drift_available{{{labels}}}")),
+        1.0
+    );
+    assert_eq!(
+        get(&after, &format!("cra_drift_window_decisions{{{labels}}}")),
+        8.0,
+        "{text}"
+    );
+    assert!(!text.contains("cra_drift_score_psi{"), "{text}");
+    for _ in 0..120 {
+        grpc.score(ScoreRequest {
+            application: Some(application_to_pb(&cra_model::Application::example(), "d")),
+            explain: false,
+        })
+        .await
+        .unwrap();
+    }
+    let text = scrape().await;
+    let after = samples(&text);
+    assert_eq!(
+        get(&after, &format!("cra_drift_window_decisions{{{labels}}}")),
+        128.0
+    );
+    assert!(
+        get(&after, &format!("cra_drift_score_psi{{{labels}}}")) > 0.25,
+        "{text}"
+    );
+    let features: Vec<&String> = after
+        .keys()
+        .filter(|k| k.starts_with("cra_drift_feature_psi{") && k.contains(&labels))
+        .collect();
+    assert_eq!(features.len(), 19, "{features:?}");
+    assert!(
+        get(
+            &after,
+            &format!(r#"cra_drift_feature_psi{{{labels},feature="income"}}"#)
+        ) > 0.25,
+        "{text}"
+    );
+
     // promtool (Debian's prometheus package; scripts/setup.sh --test installs it).
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -441,6 +441,24 @@ fn committed_default_bundle_is_reproducible() {
         serde_json::from_slice(&std::fs::read(repo("models/default").join(METRICS_FILE)).unwrap())
             .unwrap();
     assert_eq!(retrained, stored);
+    // The drift reference `cra train` writes is the one `cra train --drift-reference-only`
+    // added to the committed bundle: the same features; the score's deciles from libxgboost's
+    // probabilities here, from the compiled trees there (equal to 1e-6, the canary check).
+    let committed: cra_model::drift::DriftReference = serde_json::from_slice(
+        &std::fs::read(repo("models/default/drift_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let written = &model.drift_reference;
+    assert_eq!(written.features, committed.features);
+    assert_eq!(
+        (written.feature_rows, written.score_rows),
+        (committed.feature_rows, committed.score_rows)
+    );
+    assert_eq!(written.score.edges.len(), committed.score.edges.len());
+    for (a, b) in written.score.edges.iter().zip(&committed.score.edges) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert_eq!(written.score.shares, committed.score.shares);
 }
 
 // ---------------------------------------------------------------- sklearn split

@@ -157,7 +157,13 @@ impl AppBuilder {
         };
         let scorer = Arc::new(
             Scorer::new(registry.clone(), recorder, config.batch_chunk)
-                .with_explain_policy(config.explain),
+                .with_explain_policy(config.explain)
+                // Nobody would read the windows without the metrics.
+                .with_drift_window(if config.metrics {
+                    config.drift_window
+                } else {
+                    0
+                }),
         );
         let readiness = Readiness::new();
         for (name, _) in &gates {

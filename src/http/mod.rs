@@ -103,7 +103,12 @@ async fn metrics(
     use axum::response::IntoResponse;
     let models = state.scorer.models();
     let reloads = state.scorer.registry().status();
-    match crate::monitoring::render(&models, &reloads, state.decision_log.as_ref()) {
+    match crate::monitoring::render(
+        &models,
+        &reloads,
+        state.decision_log.as_ref(),
+        state.scorer.drift(),
+    ) {
         Some(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,

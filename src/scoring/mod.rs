@@ -5,9 +5,11 @@
 //! [`Scorer`], and map its [`ScoreError`] once into their own error form.
 //!
 //! - [`registry`]: the models (champion, challengers, shadows), hot reload;
+//! - [`drift`]: the live drift windows (the PSI of the score and features at `/metrics`);
 //! - [`shadow`]: shadow scoring off the response path;
 //! - [`record`]: the neutral view of a decision handed to the decision log;
 //! - [`error`]: the one error type.
+pub mod drift;
 pub mod error;
 pub mod record;
 pub mod registry;
@@ -109,6 +111,8 @@ pub struct Scorer {
     /// Most applications of a batch scored by one `score_many` call.
     chunk: usize,
     explain: ExplainPolicy,
+    /// The live drift windows (`None`: `--drift-window 0`, or not a server).
+    drift: Option<Arc<drift::DriftMonitor>>,
 }
 
 impl Scorer {
@@ -124,7 +128,26 @@ impl Scorer {
             shadows,
             chunk: chunk.max(1),
             explain: ExplainPolicy::default(),
+            drift: None,
         }
+    }
+
+    /// Keeps a live drift window of the last `window` decisions of each model (0: none).
+    pub fn with_drift_window(mut self, window: usize) -> Scorer {
+        self.drift = (window > 0).then(|| Arc::new(drift::DriftMonitor::new(window)));
+        if let Some(d) = &self.drift {
+            // Builds the windows now, so that a model without a reference is named at start.
+            d.report(&self.registry.current());
+        }
+        // The shadow thread fills the shadows' windows (the one started by `new`, idle so far,
+        // ends when its channel is dropped).
+        self.shadows = ShadowRunner::start_with_drift(self.recorder.clone(), self.drift.clone());
+        self
+    }
+
+    /// The live drift windows, when kept.
+    pub fn drift(&self) -> Option<&drift::DriftMonitor> {
+        self.drift.as_deref()
     }
 
     /// Which decisions carry an explanation when the client does not ask.
@@ -232,7 +255,10 @@ impl Scorer {
             decision_id,
         );
         match &scored {
-            Ok((_, d)) => {
+            Ok((app, d)) => {
+                if let Some(drift) = &self.drift {
+                    drift.record(&set, member, app, d.probability_default);
+                }
                 crate::monitoring::decisions(bundle.version(), member_of.role.as_str(), "ok", 1);
                 let level = |l| u64::from(d.risk_level == l);
                 crate::monitoring::risk_levels(
@@ -385,6 +411,9 @@ impl Scorer {
             recorder.record_chunk(&records)?;
         }
         count_decisions(set, items);
+        if let Some(drift) = &self.drift {
+            drift.record_items(set, items);
+        }
         crate::telemetry::traces::record_decisions(
             ctx.request_id,
             set.champion().bundle.version(),

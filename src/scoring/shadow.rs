@@ -68,6 +68,14 @@ pub struct ShadowRunner {
 impl ShadowRunner {
     /// Starts the shadow thread; it ends when the runner is dropped and its queue is empty.
     pub fn start(recorder: Option<Arc<dyn DecisionRecorder>>) -> ShadowRunner {
+        ShadowRunner::start_with_drift(recorder, None)
+    }
+
+    /// [`Self::start`], the shadow decisions also going into the shadows' drift windows.
+    pub fn start_with_drift(
+        recorder: Option<Arc<dyn DecisionRecorder>>,
+        drift: Option<Arc<super::drift::DriftMonitor>>,
+    ) -> ShadowRunner {
         let (tx, rx) = sync_channel::<Job>(QUEUE);
         let stats = Arc::new(ShadowStats::default());
         let thread_stats = stats.clone();
@@ -77,7 +85,7 @@ impl ShadowRunner {
                 for job in rx {
                     let n = job.work.len() as u64 * job.set.shadows.len() as u64;
                     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        run(&job, recorder.as_deref(), &thread_stats)
+                        run(&job, recorder.as_deref(), drift.as_deref(), &thread_stats)
                     }));
                     if ran.is_err() {
                         thread_stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -126,9 +134,14 @@ impl ShadowRunner {
 }
 
 /// Scores one job with every shadow model and records the decisions.
-fn run(job: &Job, recorder: Option<&dyn DecisionRecorder>, stats: &ShadowStats) {
+fn run(
+    job: &Job,
+    recorder: Option<&dyn DecisionRecorder>,
+    drift: Option<&super::drift::DriftMonitor>,
+    stats: &ShadowStats,
+) {
     let apps: Vec<Application> = job.work.iter().map(|w| w.3).collect();
-    for shadow in &job.set.shadows {
+    for (k, shadow) in job.set.shadows.iter().enumerate() {
         let started = Instant::now();
         let decisions = shadow.bundle.score_many(&apps);
         let decided_at = SystemTime::now();
@@ -136,6 +149,14 @@ fn run(job: &Job, recorder: Option<&dyn DecisionRecorder>, stats: &ShadowStats) 
         stats
             .scored
             .fetch_add(decisions.len() as u64, Ordering::Relaxed);
+        if let Some(drift) = drift {
+            drift.record_shadow(
+                &job.set,
+                k,
+                apps.iter()
+                    .zip(decisions.iter().map(|d| d.probability_default)),
+            );
+        }
         let Some(recorder) = recorder else { continue };
         let records: Vec<DecisionRecord<'_>> = job
             .work

@@ -20,8 +20,10 @@ use cra_model::{
     bundle::{
         checksums_text, feature_specs, model_version_for, sha256_hex, xgboost_version_of,
         BundleError, Canary, Manifest, ModelBundle, Thresholds, BOOSTER_FILE, CHECKSUMS_FILE,
-        FORMAT_VERSION, MANIFEST_FILE, METRICS_FILE, MIN_CANARY_ROWS, REASON_CODES_FILE,
+        DRIFT_REFERENCE_FILE, FORMAT_VERSION, MANIFEST_FILE, METRICS_FILE, MIN_CANARY_ROWS,
+        REASON_CODES_FILE,
     },
+    drift::DriftReference,
     explain::ReasonCodeTable,
     preprocess::{FittedPreprocessor, PreprocessError, PreprocessParams, NUM_FEATURES},
     Application,
@@ -248,6 +250,8 @@ fn dmatrix(pre: &FittedPreprocessor, rows: &[Application], labels: &[u8]) -> Res
 pub struct TrainedModel {
     pub booster_json: Vec<u8>,
     pub reason_codes: ReasonCodeTable,
+    /// The training rows' feature distributions and the test rows' score distribution.
+    pub drift_reference: DriftReference,
     pub manifest: Manifest,
     pub metrics: TrainMetrics,
     pub test_rows: Vec<Application>,
@@ -414,6 +418,10 @@ pub fn train(data: &Dataset, data_sha256: &str, params: &TrainParams) -> Result<
             found: canary_idx.len(),
         });
     }
+    // Drift is measured against the training rows' features and the score the model gives
+    // rows it has not seen (on its own training rows it is over-confident).
+    let drift_reference =
+        DriftReference::build(&pre, &train_rows, &test_probabilities).map_err(TrainError::Param)?;
     let thresholds = Thresholds {
         decision_threshold: params.decision_threshold,
         ..Thresholds::default()
@@ -438,6 +446,7 @@ pub fn train(data: &Dataset, data_sha256: &str, params: &TrainParams) -> Result<
     debug_assert_eq!(manifest.features.len(), NUM_FEATURES);
     Ok(TrainedModel {
         reason_codes: params.reason_codes.clone(),
+        drift_reference,
         booster_json,
         manifest,
         metrics,
@@ -458,8 +467,8 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl TrainedModel {
-    /// Writes `booster.json`, `metrics.json`, `reason_codes.json`, `checksums.sha256` and
-    /// `bundle.json` into `dir`
+    /// Writes `booster.json`, `metrics.json`, `reason_codes.json`, `drift_reference.json`,
+    /// `checksums.sha256` and `bundle.json` into `dir`
     /// (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(|source| TrainError::Io {
@@ -469,15 +478,18 @@ impl TrainedModel {
         let metrics = to_json(&self.metrics);
         let manifest = to_json(&self.manifest);
         let reason_codes = to_json(&self.reason_codes);
+        let drift_reference = to_json(&self.drift_reference);
         let checksums = checksums_text([
             (BOOSTER_FILE, self.booster_json.as_slice()),
             (MANIFEST_FILE, manifest.as_slice()),
             (METRICS_FILE, metrics.as_slice()),
             (REASON_CODES_FILE, reason_codes.as_slice()),
+            (DRIFT_REFERENCE_FILE, drift_reference.as_slice()),
         ]);
         write_file(dir.join(BOOSTER_FILE), &self.booster_json)?;
         write_file(dir.join(METRICS_FILE), &metrics)?;
         write_file(dir.join(REASON_CODES_FILE), &reason_codes)?;
+        write_file(dir.join(DRIFT_REFERENCE_FILE), &drift_reference)?;
         write_file(dir.join(CHECKSUMS_FILE), checksums.as_bytes())?;
         // The manifest last: a bundle without it is "not found" rather than half-written.
         write_file(dir.join(MANIFEST_FILE), &manifest)

@@ -4,6 +4,7 @@ mod batch;
 mod common;
 mod decision_log;
 mod decision_log_errors;
+mod drift;
 mod explain;
 mod health;
 mod helpers;

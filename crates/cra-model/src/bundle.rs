@@ -6,6 +6,9 @@
 //!                       hashes of the booster and the training data, canary rows
 //! DIR/metrics.json      test-set metrics written by the trainer
 //! DIR/checksums.sha256  SHA-256 of the three files above, as `sha256sum` writes it
+//! DIR/reason_codes.json      optional: the reason-code table (checksummed when present)
+//! DIR/drift_reference.json   optional: the training distributions drift is measured against
+//!                            (checksummed when present; see [`crate::drift`])
 //! ```
 //!
 //! Loading refuses the bundle, with a message naming the directory, the file and what to do,
@@ -29,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
+    drift::{Binner, DriftReference},
     ensemble::{sigmoid, Ensemble, EnsembleError},
     explain::{Explainer, ReasonCodeTable},
     preprocess::{feature_names, FittedPreprocessor, PreprocessError, NUM_FEATURES},
@@ -46,8 +50,11 @@ pub const CHECKSUMMED_FILES: [&str; 3] = [BOOSTER_FILE, MANIFEST_FILE, METRICS_F
 /// The reason-code table (see [`crate::explain`]); optional: a bundle without it explains with
 /// [`ReasonCodeTable::standard`]. When present it must be in the checksum file.
 pub const REASON_CODES_FILE: &str = "reason_codes.json";
+/// The drift reference (see [`crate::drift`]); optional: a bundle without it loads, and
+/// drift is unavailable for it. When present it must be in the checksum file.
+pub const DRIFT_REFERENCE_FILE: &str = "drift_reference.json";
 /// Files a bundle may have, checksummed when present.
-pub const OPTIONAL_FILES: [&str; 1] = [REASON_CODES_FILE];
+pub const OPTIONAL_FILES: [&str; 2] = [REASON_CODES_FILE, DRIFT_REFERENCE_FILE];
 /// Bumped when the layout of `bundle.json` changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 /// How far a reloaded model's probability may be from the training-time one.
@@ -296,6 +303,9 @@ pub struct ModelBundle {
     ensemble: Ensemble,
     /// reason_codes.json, or the standard table for a bundle without one.
     pub reason_codes: ReasonCodeTable,
+    /// drift_reference.json compiled for binning decisions; `None` for a bundle without one
+    /// (drift is then unavailable).
+    drift: Option<Binner>,
     /// TreeSHAP tables and the reason codes, built on first use ([`Self::explainer`]).
     explainer: std::sync::OnceLock<std::result::Result<Arc<Explainer>, String>>,
 }
@@ -443,36 +453,49 @@ fn parse_metrics(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, f64>> {
         .collect())
 }
 
-/// The reason-code table of a bundle: `reason_codes.json` when the checksum file lists it (it
-/// must then match), the standard table when the bundle has none; a file present but not
-/// vouched for is refused.
-fn load_reason_codes(
+/// The bytes of an optional bundle file: `None` when the bundle has none; the file when the
+/// checksum file lists it and it matches; a file present but not vouched for is refused.
+fn optional_file(
     dir: &Path,
     checksums: &BTreeMap<&'static str, String>,
-) -> Result<ReasonCodeTable> {
-    let path = dir.join(REASON_CODES_FILE);
-    let Some(expected) = checksums.get(REASON_CODES_FILE) else {
+    file: &'static str,
+) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(file);
+    let Some(expected) = checksums.get(file) else {
         if path.exists() {
             return Err(BundleError::BadChecksums {
                 path: dir.join(CHECKSUMS_FILE),
                 problem: format!(
-                    "{REASON_CODES_FILE} is in the bundle but has no checksum; add its line (`sha256sum {REASON_CODES_FILE} >> {CHECKSUMS_FILE}` in {}) or remove the file",
+                    "{file} is in the bundle but has no checksum; add its line (`sha256sum {file} >> {CHECKSUMS_FILE}` in {}) or remove the file",
                     dir.display()
                 ),
             });
         }
-        return Ok(ReasonCodeTable::standard());
+        return Ok(None);
     };
     let bytes = read(&path)?;
     let actual = sha256_hex(&bytes);
     if &actual != expected {
         return Err(BundleError::Checksum {
             dir: dir.to_owned(),
-            file: REASON_CODES_FILE,
+            file,
             expected: expected.clone(),
             actual,
         });
     }
+    Ok(Some(bytes))
+}
+
+/// The reason-code table of a bundle: `reason_codes.json` when the checksum file lists it (it
+/// must then match), the standard table when the bundle has none.
+fn load_reason_codes(
+    dir: &Path,
+    checksums: &BTreeMap<&'static str, String>,
+) -> Result<ReasonCodeTable> {
+    let Some(bytes) = optional_file(dir, checksums, REASON_CODES_FILE)? else {
+        return Ok(ReasonCodeTable::standard());
+    };
+    let path = dir.join(REASON_CODES_FILE);
     let table: ReasonCodeTable =
         serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest {
             path: path.clone(),
@@ -483,6 +506,29 @@ fn load_reason_codes(
         return Err(BundleError::Invalid { path, problems });
     }
     Ok(table)
+}
+
+/// The drift reference of a bundle, compiled: `None` when the bundle has none.
+fn load_drift(
+    dir: &Path,
+    checksums: &BTreeMap<&'static str, String>,
+    pre: &FittedPreprocessor,
+) -> Result<Option<Binner>> {
+    let Some(bytes) = optional_file(dir, checksums, DRIFT_REFERENCE_FILE)? else {
+        return Ok(None);
+    };
+    let path = dir.join(DRIFT_REFERENCE_FILE);
+    let reference: DriftReference =
+        serde_json::from_slice(&bytes).map_err(|source| BundleError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
+    Binner::new(reference, pre)
+        .map(Some)
+        .map_err(|problem| BundleError::Invalid {
+            path,
+            problems: vec![problem],
+        })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -575,7 +621,9 @@ impl ModelBundle {
         }
         let metrics = parse_metrics(&dir.join(METRICS_FILE), metrics_json)?;
         let reason_codes = load_reason_codes(&dir, &checksums)?;
+        let drift = load_drift(&dir, &checksums, &manifest.preprocessor)?;
         let bundle = ModelBundle {
+            drift,
             manifest,
             metrics,
             dir,
@@ -616,6 +664,12 @@ impl ModelBundle {
 
     pub fn version(&self) -> &str {
         &self.manifest.model_version
+    }
+
+    /// The drift reference compiled for binning, or `None`: the bundle has no
+    /// `drift_reference.json` and drift is unavailable for it.
+    pub fn drift(&self) -> Option<&Binner> {
+        self.drift.as_ref()
     }
 
     /// The explainer of this model (TreeSHAP tables, built once, then shared), or why the
@@ -721,9 +775,44 @@ mod tests {
             .chain(&OPTIONAL_FILES)
             .chain([&CHECKSUMS_FILE])
         {
-            fs::copy(src.join(f), dir.path().join(f)).unwrap();
+            if src.join(f).exists() {
+                fs::copy(src.join(f), dir.path().join(f)).unwrap();
+            }
         }
         dir
+    }
+
+    #[test]
+    fn the_drift_reference_is_checksummed_validated_and_optional() {
+        let dir = default_copy();
+        let _ = fs::remove_file(dir.path().join(DRIFT_REFERENCE_FILE));
+        write_checksums(dir.path()).unwrap();
+        let b = ModelBundle::load(dir.path()).unwrap();
+        assert!(b.drift().is_none(), "no reference: drift unavailable");
+        // A reference of the training rows' kind, present without a checksum: refused.
+        let data = crate::synthetic::generate(&Default::default()).unwrap();
+        let reference =
+            DriftReference::build(b.preprocessor(), &data.rows, &[0.1, 0.5, 0.9]).unwrap();
+        let path = dir.path().join(DRIFT_REFERENCE_FILE);
+        fs::write(&path, serde_json::to_vec(&reference).unwrap()).unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("drift_reference.json is in the bundle but has no checksum"),
+            "{e}"
+        );
+        write_checksums(dir.path()).unwrap();
+        let b = ModelBundle::load(dir.path()).unwrap();
+        assert_eq!(b.drift().unwrap().reference(), &reference);
+        // Inconsistent: named.
+        let mut bad = reference.clone();
+        bad.features.pop();
+        fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+        write_checksums(dir.path()).unwrap();
+        let e = load_err(dir.path());
+        assert!(
+            e.contains("drift_reference.json is inconsistent") && e.contains("differ from"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`registry`]: a set of models (champion, challengers, shadows) from a models file, and the
 //!   routing of live traffic between them;
 //! - [`decide`]: a batch validated, routed, scored and explained on a set;
+//! - [`drift`]: the training distribution of the score and the features (the bundle's drift
+//!   reference), the binning of decisions against it, and their PSI;
 //! - [`import`]: a bundle written from a booster trained elsewhere (XGBoost JSON or UBJSON) and
 //!   a fitted preprocessing spec, such as a scikit-learn pipeline's;
 //! - [`arrow_io`] (feature `arrow`): applications read from Arrow record batches, decisions
@@ -21,6 +23,7 @@ pub mod arrow_io;
 pub mod bundle;
 pub mod dataset;
 pub mod decide;
+pub mod drift;
 pub mod ensemble;
 pub mod explain;
 pub mod import;
