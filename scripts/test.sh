@@ -8,6 +8,10 @@
 #     and tests/report.rs, which renders `cra report`'s page in headless Chromium;
 #   - end-to-end checks of the real `cra` binary with real clients: grpcurl (via reflection) and a
 #     Python grpcio client generated from proto/;
+#   - tests/prometheus.sh: the alert rules (promtool check rules, promtool test rules), the example
+#     Prometheus configuration (promtool check config), the Grafana dashboard
+#     (scripts/check_dashboard.py) and the real binary's GET /metrics (promtool check metrics,
+#     and every metric name the rules and the dashboard use);
 #   - tests/python/run.sh: the `cra` wheel built with maturin and installed into a fresh venv,
 #     then pytest: bit-identical to `cra score` and `cra serve`, the scikit-learn export and
 #     `cra import`, and the Spark job in local mode on 1,000,000 rows.
@@ -85,11 +89,14 @@ cargo test --locked --workspace --all-targets --features trainer 2>&1 | tee -a "
 echo "== end-to-end: grpcurl and the Python client against target/debug/cra"
 tests/e2e.sh target/debug/cra 2>&1 | tee -a "$LOG"
 
+echo "== monitoring: alert rules, Prometheus configuration, dashboard, GET /metrics of target/debug/cra"
+tests/prometheus.sh target/debug/cra 2>&1 | tee -a "$LOG"
+
 echo "== the Python package: maturin build, a fresh venv, pytest (and Spark local mode)"
 tests/python/run.sh target/debug/cra 2>&1 | tee -a "$LOG"
 
-# cargo test's "test result" lines, the "ok:" lines of pg_cluster.sh and grpcurl.sh, the Python
-# client's checks, pytest's summary line.
+# cargo test's "test result" lines, the "ok:" lines of pg_cluster.sh, grpcurl.sh, e2e.sh and
+# prometheus.sh, the Python client's checks, pytest's summary line.
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^ok: / { p += 1 }
