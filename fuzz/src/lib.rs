@@ -184,11 +184,13 @@ pub struct HttpAnswer {
 }
 
 /// Sends `request` to `router` with what the server's layers attach to it: the client's
-/// address and the call's trace.
+/// address, the caller the authentication layer established (anonymous: no keys) and the
+/// call's trace.
 pub fn http_call(router: &axum::Router, mut request: axum::extract::Request) -> HttpAnswer {
     use tower::ServiceExt;
     let extensions = request.extensions_mut();
     extensions.insert(axum::extract::ConnectInfo(PeerAddr(peer())));
+    extensions.insert(cra::security::Caller::ANONYMOUS);
     extensions.insert(CallTrace(Some(TraceId([0x4b; 16]))));
     let response = block_on(router.clone().oneshot(request)).expect("a router is infallible");
     let status = response.status().as_u16();

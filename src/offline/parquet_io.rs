@@ -441,8 +441,9 @@ impl OutputWriter {
             source,
         })?;
         let schema = output_schema_with(id, explain);
-        // Snappy, and no dictionary for the id column (every id is distinct, so a dictionary
-        // only costs hashing): writing is on the critical path of a run.
+        // Snappy, and no dictionary for the id column nor for the two continuous columns
+        // (every value is distinct, so a dictionary only costs hashing until the writer gives
+        // up on it): writing is on the critical path of a run.
         let id_name = match id {
             IdColumn::ApplicationId => APPLICATION_ID_COLUMN,
             IdColumn::RowNumber => ROW_COLUMN,
@@ -450,6 +451,8 @@ impl OutputWriter {
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_column_dictionary_enabled(id_name.into(), false)
+            .set_column_dictionary_enabled("probability_default".into(), false)
+            .set_column_dictionary_enabled("margin".into(), false)
             .set_max_row_group_row_count(Some(OUTPUT_ROWS_PER_ROW_GROUP))
             .build();
         let writer = match ArrowWriter::try_new(file, schema.clone(), Some(properties)) {
