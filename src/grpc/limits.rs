@@ -329,7 +329,11 @@ impl FrameScanner {
             if let (Some(walk), Some(max)) = (&mut self.fields, self.max_items) {
                 walk.walk(&data[..take]);
                 if walk.items > max {
-                    return Err(ServeError::TooManyItems { limit: max }.into());
+                    return Err(ServeError::TooManyItems {
+                        limit: max,
+                        field: "applications",
+                    }
+                    .into());
                 }
             }
             self.remaining -= take;

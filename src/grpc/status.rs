@@ -85,19 +85,14 @@ impl From<ServeError> for Status {
         let code = e.code();
         let message = e.to_string();
         match &e {
-            ServeError::InvalidArgument(_) | ServeError::InvalidItems(_) => {
+            ServeError::InvalidArgument(_)
+            | ServeError::InvalidItems(_)
+            | ServeError::TooManyItems { .. } => {
                 let details = ErrorDetails::with_bad_request(
                     e.violations_with_paths(row_path)
                         .into_iter()
                         .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                         .collect::<Vec<_>>(),
-                );
-                Status::with_error_details(code, message, details)
-            }
-            ServeError::TooManyItems { limit } => {
-                let details = ErrorDetails::with_bad_request_violation(
-                    "applications",
-                    format!("at most {limit} applications per request message"),
                 );
                 Status::with_error_details(code, message, details)
             }

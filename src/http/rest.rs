@@ -389,7 +389,11 @@ fn batch_inputs(value: &Value, max_items: usize) -> Result<Vec<ApplicationInput>
         }
     };
     if apps.len() > max_items {
-        return Err(ScoreError::TooManyItems { limit: max_items }.into());
+        return Err(ScoreError::TooManyItems {
+            limit: max_items,
+            field: "applications",
+        }
+        .into());
     }
     if !violations.is_empty() {
         return Err(ScoreError::InvalidArgument(violations).into());

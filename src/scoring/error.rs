@@ -38,9 +38,10 @@ pub enum ScoreError {
     #[error("the server is receiving {limit} bytes of ScoreBatch messages at once, its limit (--max-buffered-message-bytes); retry later, or send smaller messages")]
     BufferBudget { limit: usize },
     /// A ScoreBatch request message (or a REST batch, or a `ModelInfer` call) with more
-    /// applications than the cap; refused before any of them is decoded.
+    /// applications than the cap; refused before any of them is decoded. `field` is where the
+    /// request holds them (`applications`, or the tensors' batch dimension, `inputs`).
     #[error("a request may hold at most {limit} applications (--max-batch-items); this one holds more: split it into several")]
-    TooManyItems { limit: usize },
+    TooManyItems { limit: usize, field: &'static str },
     /// A stream sent no message, or read no answer, for the idle timeout.
     #[error("the stream was idle for {0:?} (no message sent or no answer read; --stream-idle-timeout) and was closed; open a new stream when there is work")]
     StreamIdle(Duration),
@@ -97,6 +98,13 @@ impl ScoreError {
                         .collect::<Vec<_>>()
                 })
                 .collect(),
+            ScoreError::TooManyItems { limit, field } => vec![FieldViolation::new(
+                *field,
+                format!(
+                    "holds more than {limit} applications, the most one request may hold \
+                     (--max-batch-items): split it into several"
+                ),
+            )],
             _ => Vec::new(),
         }
     }

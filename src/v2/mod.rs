@@ -293,7 +293,10 @@ pub fn inputs_from_tensors(
         ));
     }
     if rows > max_rows {
-        return Err(ScoreError::TooManyItems { limit: max_rows });
+        return Err(ScoreError::TooManyItems {
+            limit: max_rows,
+            field: "inputs",
+        });
     }
     if !violations.is_empty() {
         return Err(ScoreError::InvalidArgument(violations));

@@ -331,6 +331,16 @@ async fn a_batch_over_the_item_cap_is_refused_before_it_is_scored() {
             .contains("--max-batch-items"),
         "{body}"
     );
+    // Found by the fuzz target rest_json (fuzz/corpus/rest_json/crash-too-many-items, against
+    // its cap of 8): this 400 named no field. It names `applications`.
+    assert_eq!(body["violations"][0]["field"], "applications", "{body}");
+    assert!(
+        body["violations"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("more than 3 applications"),
+        "{body}"
+    );
     app.handle.shutdown().await.unwrap();
 }
 
