@@ -425,7 +425,10 @@ async fn unary_open(
         let start = Instant::now();
         let mut sent: u64 = 0;
         loop {
-            let due = ((Instant::now() - start).as_secs_f64() * rate) as u64;
+            // Call k is due at k / rate: calls 0..=floor(elapsed * rate) are due now. (Sending
+            // call k only once elapsed * rate reached k + 1 put every call one period late,
+            // and counted that period in its latency.)
+            let due = ((Instant::now() - start).as_secs_f64() * rate) as u64 + 1;
             while sent < due {
                 let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
                 if !claim(&plan, &issued, scheduled) || tx.blocking_send(scheduled).is_err() {
