@@ -550,17 +550,7 @@ mod tests {
 
     #[test]
     fn a_bundle_without_reference_says_how_to_add_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-        for f in [
-            "booster.json",
-            "bundle.json",
-            "metrics.json",
-            "reason_codes.json",
-        ] {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-        }
-        cra_model::bundle::write_checksums(dir.path()).unwrap();
+        let dir = crate::test_support::default_bundle_without_drift_reference();
         let bundle = ModelBundle::load(dir.path()).unwrap();
         let e = binner(&bundle, dir.path()).unwrap_err().to_string();
         assert!(

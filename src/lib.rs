@@ -43,3 +43,6 @@ pub mod v2;
 /// The fuzz targets' seed corpora (`fuzz/corpus`), written by an ignored test.
 #[cfg(test)]
 mod fuzz_seeds;
+/// Helpers the unit tests of several modules share.
+#[cfg(test)]
+mod test_support;

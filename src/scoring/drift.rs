@@ -352,17 +352,7 @@ mod tests {
         monitor.record_items(&first, &[]);
         assert_eq!(monitor.report(&other)[0].decisions, 0);
         // A bundle without a reference: no window, drift unavailable.
-        let dir = tempfile::tempdir().unwrap();
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-        for f in [
-            "booster.json",
-            "bundle.json",
-            "metrics.json",
-            "reason_codes.json",
-        ] {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-        }
-        cra_model::bundle::write_checksums(dir.path()).unwrap();
+        let dir = crate::test_support::default_bundle_without_drift_reference();
         let bare = load_dir(dir.path().to_owned(), 4);
         monitor.record(&bare, 0, &a, 0.2);
         let r = monitor.report(&bare);

@@ -102,16 +102,7 @@ mod tests {
     /// the booster and manifest stay as they were.
     #[test]
     fn the_committed_reference_is_what_the_training_data_gives() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "booster.json",
-            "bundle.json",
-            "metrics.json",
-            "reason_codes.json",
-        ] {
-            fs::copy(repo("models/default").join(f), dir.path().join(f)).unwrap();
-        }
-        write_checksums(dir.path()).unwrap();
+        let dir = crate::test_support::default_bundle_without_drift_reference();
         let r = add_reference(&repo("data/credit_data.parquet"), dir.path()).unwrap();
         assert_eq!((r.feature_rows, r.score_rows), (700, 300));
         for f in [
@@ -130,16 +121,7 @@ mod tests {
 
     #[test]
     fn other_data_than_the_training_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in [
-            "booster.json",
-            "bundle.json",
-            "metrics.json",
-            "reason_codes.json",
-        ] {
-            fs::copy(repo("models/default").join(f), dir.path().join(f)).unwrap();
-        }
-        write_checksums(dir.path()).unwrap();
+        let dir = crate::test_support::default_bundle_without_drift_reference();
         let other = dir.path().join("other.parquet");
         let data = cra_model::synthetic::generate(&cra_model::synthetic::GeneratorParams {
             rows: 100,
