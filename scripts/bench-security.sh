@@ -8,7 +8,8 @@
 #     from each call's scheduled start), alone, then beside a "batch" client at full speed
 #     (closed loop, concurrency 64): without rate limits; with a limit of LIMIT_A for the batch
 #     client that it honours (RetryInfo), that it ignores (retries at once), and as a ScoreBatch
-#     stream (paced by back-pressure).
+#     stream (paced by back-pressure). Calls over the limit wait for their turn up to the
+#     server's --rate-limit-wait (default 500ms) before they are refused.
 #
 #   scripts/bench-security.sh [CRA_BIN]     results go to results/security-<UTC time>/
 # env: ROUNDS (3), DURATION (10s), RATE_B (200), LIMIT_A (5000/s),
@@ -16,6 +17,8 @@
 #      client at the lowest priority (nice 19), so that on one small machine the batch client's
 #      own CPU (the load generator's, which in production is on another machine) does not count
 #      against the interactive client: what is left is what the server does for each of them.
+#      FAIR_SERVE_ARGS: more `cra serve` arguments for the fairness part, e.g.
+#      "--rate-limit-wait 0" (every call over the limit refused at once).
 set -euo pipefail
 export CRA_HTTP_LISTEN=127.0.0.1:0
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -125,7 +128,9 @@ if os.path.exists(sys.argv[2]):
 print(line)
 EOF
 }
-serve --api-keys "$KEYS"
+read -r -a FAIR_ARGS <<<"${FAIR_SERVE_ARGS:-}"
+echo "fairness server arguments: --api-keys ${FAIR_ARGS[*]}" | tee -a "$OUT/summary.txt"
+serve --api-keys "$KEYS" "${FAIR_ARGS[@]}"
 wait_up --addr "127.0.0.1:$PORT" --api-key "$KEY_B"
 fair alone
 fair "no-limit" --api-key "$KEY_A" --concurrency 64

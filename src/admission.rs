@@ -2,11 +2,18 @@
 //! REST, Open Inference Protocol) or an open ScoreBatch stream holds a slot while it runs, and
 //! a call beyond the limit is refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 429) instead of
 //! queueing behind the others.
-use std::sync::Arc;
+//!
+//! It also gives each call its turn under its client's rate limit ([`Admission::turn`]): a
+//! call over the limit waits for its turn, up to `--rate-limit-wait`, holding no slot while it
+//! waits, or is refused with when to retry.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::scoring::ScoreError;
+use crate::{scoring::ScoreError, security::Caller};
 
 #[derive(Debug)]
 pub struct Admission {
@@ -17,6 +24,8 @@ pub struct Admission {
     /// streams always leave slots to single calls.
     streams: Arc<Semaphore>,
     max_streams: usize,
+    /// How long a call over its client's rate limit may wait for its turn.
+    rate_limit_wait: Duration,
 }
 
 impl Admission {
@@ -27,7 +36,48 @@ impl Admission {
             max_calls,
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            rate_limit_wait: Duration::ZERO,
         }
+    }
+
+    /// With calls over their client's rate limit waiting up to `wait` for their turn.
+    pub fn with_rate_limit_wait(mut self, wait: Duration) -> Admission {
+        self.rate_limit_wait = wait;
+        self
+    }
+
+    /// Reserves the caller's turn for `n` applications under its rate limit: now, or within
+    /// `--rate-limit-wait` and before `deadline`; past that the call is refused with when to
+    /// retry. Returns how long to wait for the turn ([`Admission::wait_turn`]); the caller is
+    /// then paid up, and the scoring core charges it nothing more.
+    pub fn turn(
+        &self,
+        caller: &mut Caller,
+        n: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Duration, ScoreError> {
+        let until_deadline = deadline.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        caller
+            .reserve(n, self.rate_limit_wait.min(until_deadline))
+            .map_err(|e| crate::scoring::rate_limited(caller, e))
+    }
+
+    /// Waits `wait` out (a turn from [`Admission::turn`]) without holding `permit`'s slot, which
+    /// another client's call may use meanwhile, then takes a slot again. Without a wait the
+    /// permit is kept.
+    pub async fn wait_turn(
+        &self,
+        wait: Duration,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<OwnedSemaphorePermit, ScoreError> {
+        if wait.is_zero() {
+            return Ok(permit);
+        }
+        drop(permit);
+        tokio::time::sleep(wait).await;
+        self.admit()
     }
 
     /// Takes a call slot or refuses at once.

@@ -118,6 +118,14 @@ pub struct SecurityArgs {
     /// second's worth of the rate). A batch larger than the burst is refused.
     #[arg(long, env = "CRA_BURST", requires = "rate_limit")]
     pub burst: Option<u32>,
+    /// How long a call over its client's rate limit may wait for its turn before it is refused
+    /// (RESOURCE_EXHAUSTED with RetryInfo, HTTP 429 with Retry-After); 0 refuses at once. A
+    /// client that sends faster than its limit is slowed to it, instead of being answered with
+    /// refusals as fast as it can send, which would cost other clients the server's CPU. The
+    /// wait also ends at the call's deadline, and a waiting call holds no
+    /// --max-concurrent-requests slot.
+    #[arg(long, env = "CRA_RATE_LIMIT_WAIT", default_value = "500ms", value_parser = parse_duration)]
+    pub rate_limit_wait: std::time::Duration,
     /// TLS certificate chain (PEM) of both ports; with --tls-key it turns TLS on. Reloaded
     /// when it changes and on SIGHUP.
     #[arg(long, env = "CRA_TLS_CERT", requires = "tls_key")]

@@ -184,10 +184,10 @@ impl AppBuilder {
             )?),
             _ => None,
         };
-        let admission = Arc::new(Admission::new(
-            config.max_concurrent_requests,
-            checked.max_streams,
-        ));
+        let admission = Arc::new(
+            Admission::new(config.max_concurrent_requests, checked.max_streams)
+                .with_rate_limit_wait(config.security.rate_limit_wait),
+        );
         let (security_tx, security_reloader) = {
             let security = security.clone();
             reload::spawn_files_reloader("security files", security.files(), move || {

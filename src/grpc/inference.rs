@@ -241,8 +241,8 @@ impl Inference {
     ) -> Result<Response<ip::ModelInferResponse>, Status> {
         let received_at = SystemTime::now();
         let state = &*self.state;
-        let caller = caller(&request)?;
-        let _permit = state.admission.admit()?;
+        let mut caller = caller(&request)?;
+        let permit = state.admission.admit()?;
         let request_id = request_id(request.metadata());
         let timeout = grpc_timeout(request.metadata())
             .map_or(state.request_timeout, |t| t.min(state.request_timeout));
@@ -256,6 +256,11 @@ impl Inference {
         let first_shape = r.inputs.first().map(|t| t.shape.clone());
         let tensors = tensors_from_pb(r.inputs, r.raw_input_contents)?;
         let inputs = v2::inputs_from_tensors(tensors, self.max_rows)?;
+        let deadline = started + timeout;
+        let wait = state
+            .admission
+            .turn(&mut caller, inputs.len(), Some(deadline))?;
+        let _permit = state.admission.wait_turn(wait, permit).await?;
         let ctx = CallContext {
             request_id: &request_id,
             rpc: Rpc::V2 {
@@ -266,7 +271,7 @@ impl Inference {
             caller: &caller,
             received_at,
             started,
-            deadline: Some((started + timeout, timeout)),
+            deadline: Some((deadline, timeout)),
             trace_id,
         };
         let answer = state

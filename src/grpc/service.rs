@@ -112,11 +112,18 @@ impl CreditRisk {
         let started = Instant::now();
         let received_at = SystemTime::now();
         let state = &*self.state;
-        let caller = caller(&request)?;
-        let _permit = state.admit()?;
-        let request_id = request_id(request.metadata());
+        let mut caller = caller(&request)?;
         let timeout = grpc_timeout(request.metadata())
             .map_or(state.request_timeout, |t| t.min(state.request_timeout));
+        // The caller's turn under its rate limit, waited for before it takes a slot.
+        let wait = state
+            .admission
+            .turn(&mut caller, 1, Some(started + timeout))?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let _permit = state.admit()?;
+        let request_id = request_id(request.metadata());
         let ctx = CallContext {
             request_id: &request_id,
             rpc: Rpc::Unary,
@@ -356,6 +363,33 @@ struct StreamJob {
 /// scored in parallel (the tree walk dominates a stream's CPU time).
 const PARALLEL_ROUND: usize = 256;
 
+/// Applications a stream's task scores between two yields to the runtime: a round of
+/// thousands is scored a slice at a time, so that a call arriving meanwhile on the same worker
+/// thread waits for one slice (well under a millisecond), not for the whole round.
+const SLICE: usize = 64;
+
+/// [`Scorer::decide`] a slice at a time, yielding between slices.
+async fn decide_in_slices(
+    scorer: &Scorer,
+    set: &ModelSet,
+    inputs: &[ApplicationInput],
+    asked: &[bool],
+) -> Result<Vec<Item>, ServeError> {
+    if inputs.len() <= SLICE {
+        return scorer.decide(set, inputs, asked);
+    }
+    let mut items = Vec::with_capacity(inputs.len());
+    for (k, slice) in inputs.chunks(SLICE).enumerate() {
+        if k > 0 {
+            tokio::task::yield_now().await;
+        }
+        let from = k * SLICE;
+        let asked = asked.get(from..from + slice.len()).unwrap_or(&[]);
+        items.extend(scorer.decide(set, slice, asked)?);
+    }
+    Ok(items)
+}
+
 impl StreamJob {
     /// Decides a round on `set`: on this thread, or in two halves, the second on the blocking
     /// pool, when the round is large and more than one CPU is available.
@@ -367,7 +401,7 @@ impl StreamJob {
     ) -> Result<Vec<Item>, Status> {
         let scorer = &self.state.scorer;
         if inputs.len() < PARALLEL_ROUND || self.state.cpus < 2 {
-            return Ok(scorer.decide(set, inputs, asked)?);
+            return Ok(decide_in_slices(scorer, set, inputs, asked).await?);
         }
         let half = inputs.len() / 2;
         let second = inputs.split_off(half);
@@ -377,7 +411,7 @@ impl StreamJob {
             let items = helper_scorer.decide(&helper_set, &second, &second_asked);
             (second, items)
         });
-        let first = scorer.decide(set, inputs, asked.get(..half).unwrap_or(&[]));
+        let first = decide_in_slices(scorer, set, inputs, asked.get(..half).unwrap_or(&[])).await;
         let (second, more) = helper.await.map_err(|e| {
             tracing::error!("parallel scoring failed: {e}");
             Status::internal("scoring failed; the server logged the cause")

@@ -272,6 +272,13 @@ async fn predict_one(
     request_id: &str,
     started: Instant,
 ) -> Result<Response, RestError> {
+    // The caller's turn under its rate limit, waited for before it takes a slot.
+    let mut caller = caller.clone();
+    let deadline = started + state.request_timeout;
+    let wait = state.admission.turn(&mut caller, 1, Some(deadline))?;
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let _permit = state.admission.admit()?;
     body::require_json(headers)?;
     let bytes = body::read(
@@ -289,7 +296,7 @@ async fn predict_one(
         request_id,
         Rpc::Rest { batch: None },
         peer,
-        caller,
+        &caller,
         started,
         trace_id,
     );
@@ -412,7 +419,7 @@ async fn predict_many(
     request_id: &str,
     started: Instant,
 ) -> Result<Response, RestError> {
-    let _permit = state.admission.admit()?;
+    let permit = state.admission.admit()?;
     body::require_json(headers)?;
     let bytes = body::read(
         body,
@@ -426,10 +433,17 @@ async fn predict_many(
     drop(bytes);
     let inputs = batch_inputs(&value, state.max_batch_items)?;
     drop(value);
+    let mut caller = caller.clone();
+    let wait = state.admission.turn(
+        &mut caller,
+        inputs.len(),
+        Some(started + state.request_timeout),
+    )?;
+    let _permit = state.admission.wait_turn(wait, permit).await?;
     let rpc = Rpc::Rest {
         batch: Some((Uuid::now_v7(), 0)),
     };
-    let ctx = call_context(state, request_id, rpc, peer, caller, started, trace_id);
+    let ctx = call_context(state, request_id, rpc, peer, &caller, started, trace_id);
     let asked = vec![explain; if explain { inputs.len() } else { 0 }];
     let set = state.scorer.models();
     let answer = state

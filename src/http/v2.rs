@@ -445,7 +445,7 @@ async fn infer_inner(
     started: Instant,
 ) -> Result<Response, V2Error> {
     let received_at = SystemTime::now();
-    let _permit = state.admission.admit()?;
+    let permit = state.admission.admit()?;
     let set = v2::resolve(&state.scorer, name, version).map_err(not_found)?;
     let header_len = match headers.get(HEADER_LENGTH) {
         Some(v) => Some(
@@ -511,6 +511,12 @@ async fn infer_inner(
     let first_shape = request.inputs.first().map(|t| t.shape.clone());
     let tensors = tensors(request.inputs, binary)?;
     let inputs = v2::inputs_from_tensors(tensors, state.max_batch_items)?;
+    let deadline = started + state.request_timeout;
+    let mut caller = caller.clone();
+    let wait = state
+        .admission
+        .turn(&mut caller, inputs.len(), Some(deadline))?;
+    let _permit = state.admission.wait_turn(wait, permit).await?;
     let ctx = CallContext {
         request_id,
         rpc: Rpc::V2 {
@@ -518,10 +524,10 @@ async fn infer_inner(
             position: 0,
         },
         peer: Some(peer),
-        caller,
+        caller: &caller,
         received_at,
         started,
-        deadline: Some((started + state.request_timeout, state.request_timeout)),
+        deadline: Some((deadline, state.request_timeout)),
         trace_id,
     };
     let answer = state

@@ -78,11 +78,19 @@ impl CallContext<'_> {
     /// Charges `n` applications to the caller's rate limit, before anything is decided: a
     /// call over it gets no decision, so no row.
     pub fn charge(&self, n: usize) -> Result<(), ScoreError> {
-        self.caller.charge(n).map_err(|e| {
-            crate::monitoring::rate_limited(self.caller.client_id());
-            ScoreError::RateLimited(e)
-        })
+        self.caller
+            .charge(n)
+            .map_err(|e| rate_limited(self.caller, e))
     }
+}
+
+/// A call refused under its caller's rate limit: counted, and the core's error.
+pub fn rate_limited(
+    caller: &crate::security::Caller,
+    e: crate::security::RateLimited,
+) -> ScoreError {
+    crate::monitoring::rate_limited(caller.client_id());
+    ScoreError::RateLimited(e)
 }
 
 /// One live decision, answered.

@@ -1,7 +1,7 @@
 //! [`Caller`]: who a call comes from, established once by the authentication layer of its port
 //! and handed to the scoring path, which records the client id in every decision row and
 //! charges the caller's rate limit.
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use super::rate::{Bucket, RateLimited};
 
@@ -104,6 +104,18 @@ impl Caller {
             Some(b) => b.charge(n),
             None => Ok(()),
         }
+    }
+
+    /// Reserves `n` applications under the caller's rate limit, now or in a turn at most
+    /// `max_wait` away, and says how long to wait for it. The caller is then paid up for this
+    /// call: it carries no bucket any more, so the scoring core charges it nothing.
+    pub fn reserve(&mut self, n: usize, max_wait: Duration) -> Result<Duration, RateLimited> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(Duration::ZERO);
+        };
+        let turn = bucket.reserve(n, max_wait)?;
+        self.bucket = None;
+        Ok(turn.wait)
     }
 
     /// Waits until the caller's rate limit lets `n` more applications go (streams).

@@ -19,6 +19,7 @@ pub mod tls;
 
 pub use auth::{Authenticator, ReflectionAccess};
 pub use caller::{Caller, ClientId, Credential};
+pub use rate::RateLimited;
 
 use std::{path::PathBuf, sync::Arc};
 

@@ -1,15 +1,26 @@
 //! Rate limits per client, counted in applications (a unary call is one, a batch or a stream
-//! round as many as it holds), with governor's GCRA limiters: one state word per client, no
-//! background task, no lock on the scoring path.
+//! round as many as it holds), by the generic cell rate algorithm (GCRA, as governor and
+//! Redis' `CL.THROTTLE` use it): one word of state per client, its "theoretical arrival
+//! time", no background task.
+//!
+//! Unlike governor's limiters, a take here can *reserve* a turn in the future: a call over its
+//! client's limit may wait for its turn (up to `--rate-limit-wait`, as nginx's `limit_req`
+//! queues a burst) instead of being refused at once. That is what keeps one client at full
+//! speed from hurting another: a client whose calls wait sends no more than its rate, where one
+//! whose calls are refused at once sends refusals as fast as the server can answer them, and
+//! those answers are other clients' CPU. Waiters do not poll: each knows its turn when it
+//! reserves it.
 //!
 //! A client's limit is its own in the keys file, else the default (`--rate-limit`, `--burst`);
 //! without either it is not limited. A caller with no identity (no keys, no client
 //! certificates configured) is limited by its IP address under the default.
-use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
-
-use governor::{
-    clock::{Clock, DefaultClock},
-    DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota,
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
 use super::caller::ClientId;
@@ -109,11 +120,10 @@ impl Limit {
         Ok(Limit { rate, burst })
     }
 
-    fn quota(self) -> Quota {
+    /// Nanoseconds per application (at least 1).
+    fn interval(self) -> u64 {
         let period = self.rate.per.duration() / self.rate.count;
-        Quota::with_period(period.max(Duration::from_nanos(1)))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-            .allow_burst(self.burst)
+        (period.as_nanos() as u64).max(1)
     }
 }
 
@@ -144,23 +154,122 @@ impl RateLimited {
     }
 }
 
+/// Nanoseconds since this process's first use of a limiter: the clock of every limiter.
+fn now() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A turn taken from a bucket: how long the caller waits for it (zero: it goes now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    pub wait: Duration,
+}
+
+/// One GCRA step on the state `tat` (the time, in [`now`]'s nanoseconds, at which the bucket
+/// is full again): takes `n` applications at `now`, waiting at most `max_wait` for them.
+/// On refusal the state is unchanged and the error says when the take would pass.
+fn take(
+    limit: Limit,
+    tat: &mut u64,
+    now: u64,
+    n: usize,
+    max_wait: Duration,
+) -> Result<Turn, RateLimited> {
+    if n == 0 {
+        return Ok(Turn {
+            wait: Duration::ZERO,
+        });
+    }
+    if n > limit.burst.get() as usize {
+        return Err(RateLimited::OverBurst { n, limit });
+    }
+    let interval = limit.interval();
+    // The bucket holds `burst` applications: it may run that far ahead of the clock.
+    let tolerance = interval.saturating_mul(u64::from(limit.burst.get()));
+    let after = (*tat)
+        .max(now)
+        .saturating_add(interval.saturating_mul(n as u64));
+    let wait = Duration::from_nanos(after.saturating_sub(tolerance).saturating_sub(now));
+    if wait > max_wait {
+        return Err(RateLimited::Wait {
+            limit,
+            retry_after: wait,
+        });
+    }
+    *tat = after;
+    Ok(Turn { wait })
+}
+
 /// One client's limiter (a client with a limit of its own in the keys file).
 #[derive(Debug)]
 pub struct Limiter {
     limit: Limit,
-    state: DefaultDirectRateLimiter,
+    tat: Mutex<u64>,
 }
 
 impl Limiter {
     pub fn new(limit: Limit) -> Limiter {
         Limiter {
             limit,
-            state: governor::RateLimiter::direct(limit.quota()),
+            tat: Mutex::new(0),
         }
     }
 
     pub fn limit(&self) -> Limit {
         self.limit
+    }
+
+    fn take(&self, n: usize, max_wait: Duration) -> Result<Turn, RateLimited> {
+        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        take(self.limit, &mut tat, now(), n, max_wait)
+    }
+}
+
+/// The states of many callers under one limit, by key; a caller whose bucket is full again is
+/// the same as one never seen, so [`Keyed::forget_idle`] drops it.
+#[derive(Debug)]
+struct Keyed<K> {
+    tat: Mutex<HashMap<K, u64>>,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn new() -> Keyed<K> {
+        Keyed {
+            tat: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(
+        &self,
+        limit: Limit,
+        key: &K,
+        n: usize,
+        max_wait: Duration,
+    ) -> Result<Turn, RateLimited> {
+        let mut states = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now();
+        match states.get_mut(key) {
+            Some(tat) => take(limit, tat, now, n, max_wait),
+            None => {
+                let mut tat = 0;
+                let turn = take(limit, &mut tat, now, n, max_wait)?;
+                states.insert(key.clone(), tat);
+                Ok(turn)
+            }
+        }
+    }
+
+    fn forget_idle(&self) {
+        let mut states = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now();
+        states.retain(|_, tat| *tat > now);
+        states.shrink_to_fit();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tat.lock().unwrap().len()
     }
 }
 
@@ -169,26 +278,24 @@ impl Limiter {
 #[derive(Debug)]
 pub struct SharedLimiters {
     limit: Limit,
-    by_client: DefaultKeyedRateLimiter<ClientId>,
-    by_ip: DefaultKeyedRateLimiter<IpAddr>,
+    by_client: Keyed<ClientId>,
+    by_ip: Keyed<IpAddr>,
 }
 
 impl SharedLimiters {
     pub fn new(limit: Limit) -> SharedLimiters {
         SharedLimiters {
             limit,
-            by_client: governor::RateLimiter::keyed(limit.quota()),
-            by_ip: governor::RateLimiter::keyed(limit.quota()),
+            by_client: Keyed::new(),
+            by_ip: Keyed::new(),
         }
     }
 
-    /// Forgets the clients and addresses whose state is back to a full burst (memory stays
-    /// bounded by the callers of the last moments).
+    /// Forgets the clients and addresses whose bucket is full again (memory stays bounded by
+    /// the callers of the last moments).
     pub fn forget_idle(&self) {
-        self.by_client.retain_recent();
-        self.by_client.shrink_to_fit();
-        self.by_ip.retain_recent();
-        self.by_ip.shrink_to_fit();
+        self.by_client.forget_idle();
+        self.by_ip.forget_idle();
     }
 }
 
@@ -208,39 +315,19 @@ impl Bucket {
         }
     }
 
-    fn check(&self, n: NonZeroU32) -> Result<(), RateLimited> {
-        let limit = self.limit();
-        let r = match self {
-            Bucket::Own(l) => l.state.check_n(n),
-            Bucket::Client(s, id) => s.by_client.check_key_n(id, n),
-            Bucket::Ip(s, ip) => s.by_ip.check_key_n(ip, n),
-        };
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(RateLimited::Wait {
-                limit,
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-            }),
-            Err(_) => Err(RateLimited::OverBurst {
-                n: n.get() as usize,
-                limit,
-            }),
+    /// Takes `n` applications from the bucket, now or in a turn at most `max_wait` away (the
+    /// turn is the caller's: nobody else can take it); else says when to retry.
+    pub fn reserve(&self, n: usize, max_wait: Duration) -> Result<Turn, RateLimited> {
+        match self {
+            Bucket::Own(l) => l.take(n, max_wait),
+            Bucket::Client(s, id) => s.by_client.take(s.limit, id, n, max_wait),
+            Bucket::Ip(s, ip) => s.by_ip.take(s.limit, ip, n, max_wait),
         }
     }
 
     /// Takes `n` applications from the bucket now, or says when to retry.
     pub fn charge(&self, n: usize) -> Result<(), RateLimited> {
-        let Some(n) = u32::try_from(n).ok().and_then(NonZeroU32::new) else {
-            return if n == 0 {
-                Ok(())
-            } else {
-                Err(RateLimited::OverBurst {
-                    n,
-                    limit: self.limit(),
-                })
-            };
-        };
-        self.check(n)
+        self.reserve(n, Duration::ZERO).map(|_| ())
     }
 
     /// Waits until `n` applications may go, taking them a burst at a time: the back-pressure
@@ -249,15 +336,11 @@ impl Bucket {
         let burst = self.limit().burst.get() as usize;
         while n > 0 {
             let take = n.min(burst);
-            let count = NonZeroU32::new(take as u32).unwrap_or(NonZeroU32::MIN);
-            // A take of at most the burst always fits, so the only refusal is "not yet".
-            let r = match self {
-                Bucket::Own(l) => l.state.until_n_ready(count).await.map(|_| ()),
-                Bucket::Client(s, id) => s.by_client.until_key_n_ready(id, count).await.map(|_| ()),
-                Bucket::Ip(s, ip) => s.by_ip.until_key_n_ready(ip, count).await.map(|_| ()),
-            };
-            if r.is_err() {
-                return;
+            // A take of at most the burst always fits in an unbounded wait.
+            if let Ok(turn) = self.reserve(take, Duration::MAX) {
+                if !turn.wait.is_zero() {
+                    tokio::time::sleep(turn.wait).await;
+                }
             }
             n -= take;
         }
@@ -380,6 +463,46 @@ mod tests {
         let ip = limits.for_ip("127.0.0.1".parse().unwrap()).unwrap();
         ip.charge(2).unwrap();
         assert!(ip.charge(1).is_err());
+    }
+
+    #[test]
+    fn a_take_over_the_limit_reserves_the_next_turn_within_the_wait() {
+        let limit = Limit::new("100/s".parse().unwrap(), Some(5)).unwrap();
+        let b = Bucket::Own(Arc::new(Limiter::new(limit)));
+        let ms = Duration::from_millis;
+        assert_eq!(b.reserve(5, ms(50)).unwrap().wait, Duration::ZERO);
+        // The burst is used up: the next turns are 10 ms apart, each reserved for its taker.
+        let first = b.reserve(1, ms(50)).unwrap().wait;
+        let second = b.reserve(1, ms(50)).unwrap().wait;
+        assert!(first > ms(5) && first <= ms(10), "{first:?}");
+        assert!(second > first + ms(9) && second <= ms(20), "{second:?}");
+        // A take whose turn is further away than the wait is refused, and reserves nothing:
+        // 4 more would be due in about 60 ms; the next single one is due in about 30 ms.
+        let refused = b.reserve(4, ms(35)).unwrap_err();
+        let retry = refused.retry_after().unwrap();
+        assert!(retry > ms(35) && retry <= ms(60), "{retry:?}");
+        let third = b.reserve(1, ms(35)).unwrap().wait;
+        assert!(third > second + ms(9) && third <= ms(30), "{third:?}");
+        // Without a wait, the same take is refused at once (the synchronous charge).
+        assert!(b.charge(1).is_err());
+    }
+
+    #[test]
+    fn a_caller_whose_bucket_is_full_again_is_forgotten() {
+        let limits = RateLimits::new(Some(
+            Limit::new("1000/s".parse().unwrap(), Some(1)).unwrap(),
+        ));
+        let shared = limits.shared().unwrap().clone();
+        let a = limits.for_client(&ClientId::new("a")).unwrap();
+        let b = limits.for_client(&ClientId::new("b")).unwrap();
+        a.charge(1).unwrap();
+        b.charge(1).unwrap();
+        assert_eq!(shared.by_client.len(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        shared.forget_idle();
+        assert_eq!(shared.by_client.len(), 0, "both buckets are full again");
+        a.charge(1)
+            .expect("a forgotten client starts with a full bucket");
     }
 
     #[tokio::test]

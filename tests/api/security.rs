@@ -507,6 +507,87 @@ async fn a_stream_goes_at_its_rate_instead_of_failing() {
     app.handle.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_client_faster_than_its_limit_waits_for_its_turn_instead_of_being_refused() {
+    // 20 per second with a burst of 2: 8 calls at once are 2 now and 6 turns 50 ms apart.
+    let mut cfg = config();
+    cfg.security.rate_limit = Some("20/s".parse().unwrap());
+    cfg.security.burst = Some(2);
+    cfg.security.rate_limit_wait = Duration::from_millis(500);
+    let app = spawn_app_with(cfg, |b| b).await;
+    app.wait_ready().await;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let calls = (0..8).map(|i| {
+        let mut c = app.client.clone();
+        let http = http.clone();
+        let url = app.url("/predict");
+        async move {
+            if i % 2 == 0 {
+                c.score(score_request())
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.to_string())
+            } else {
+                let r = http
+                    .post(url)
+                    .json(&original_example())
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status() {
+                    StatusCode::OK => Ok(()),
+                    s => Err(format!("{s}: {}", r.text().await.unwrap())),
+                }
+            }
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let took = started.elapsed();
+    for a in &answers {
+        a.as_ref()
+            .expect("a call within the wait is scored, not refused");
+    }
+    assert!(
+        took >= Duration::from_millis(250),
+        "6 calls over a burst of 2 at 20/s must take about 300 ms, not {took:?}"
+    );
+    // 12 more at once: their turns are 50 ms apart, and those more than 500 ms away are
+    // refused with when to retry.
+    let more = (0..12).map(|_| {
+        let mut c = app.client.clone();
+        async move { c.score(score_request()).await }
+    });
+    let refused: Vec<_> = futures::future::join_all(more)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "12 more calls at once cannot all fit in 500 ms at 20/s"
+    );
+    for s in &refused {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.get_details_retry_info().is_some(), "{s:?}");
+    }
+    app.handle.shutdown().await.unwrap();
+
+    // With --rate-limit-wait 0 the call over the burst is refused at once.
+    let mut cfg = config();
+    cfg.security.rate_limit = Some("20/s".parse().unwrap());
+    cfg.security.burst = Some(2);
+    cfg.security.rate_limit_wait = Duration::ZERO;
+    let app = spawn_app_with(cfg, |b| b).await;
+    app.wait_ready().await;
+    let mut c = app.client.clone();
+    c.score(score_request()).await.unwrap();
+    c.score(score_request()).await.unwrap();
+    let refused = c.score(score_request()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    app.handle.shutdown().await.unwrap();
+}
+
 /// A CA, the server's certificate (localhost, 127.0.0.1) and client certificates: one of the
 /// trusted client CA (CN `acme`), one with only a DNS name, one of a CA the server does not
 /// trust.
