@@ -168,6 +168,10 @@ def main():
         r_decision = predict({"traceparent": r_header, "X-Request-ID": "otel-rest-1"})[
             "decision_id"]
         root_decision = predict({})["decision_id"]
+        # A caller that did not sample its trace (flags 00): nothing exported, but the row
+        # still holds the caller's trace id.
+        u_trace, _, u_header = traceparent()
+        u_decision = predict({"traceparent": u_header[:-2] + "00"})["decision_id"]
 
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -231,6 +235,14 @@ def main():
     if s.parent_span_id or attrs(s).get("decision_id") != root_decision:
         fail(f"untraced /predict: parent {s.parent_span_id.hex()!r}, attributes {attrs(s)}")
     print("ok: a call without traceparent starts a root trace, and its row holds that trace id")
+
+    if any(sp.trace_id.hex() == u_trace for _, sp in spans):
+        fail("a call whose traceparent is not sampled (flags 00) was exported")
+    row_trace = psql(args.database_url,
+                     f"SELECT trace_id FROM decisions WHERE decision_id = '{u_decision}'")
+    if row_trace != u_trace:
+        fail(f"unsampled /predict: the row's trace_id is {row_trace!r}, expected {u_trace}")
+    print("ok: a call whose caller did not sample it exports no span; its row holds the trace id")
 
     lines = [json.loads(l) for l in open(log_path) if l.startswith("{")]
     about = [l for l in lines if l.get("span", {}).get("decision_id") == g_decision]

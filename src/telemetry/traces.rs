@@ -13,7 +13,7 @@
 //! nothing is exported, the trace id of the caller's `traceparent`, if it sent one.
 use std::{
     fmt,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -30,14 +30,51 @@ use opentelemetry_sdk::{
 };
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Registry;
+use tracing_subscriber::{Layer as _, Registry};
 
-/// The layer that turns the call spans into OpenTelemetry spans.
-pub type OtelLayer =
-    tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>;
+/// The layer that turns the sampled call spans into OpenTelemetry spans: it sees only the spans
+/// of [`SAMPLED`], so that a call that is not sampled costs the OpenTelemetry layer nothing.
+pub type OtelLayer = tracing_subscriber::filter::Filtered<
+    tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>,
+    tracing_subscriber::filter::FilterFn<fn(&tracing::Metadata<'_>) -> bool>,
+    Registry,
+>;
+
+/// The target of a sampled call's span, the only one the OpenTelemetry layer sees; a call that
+/// is not sampled gets the same span under [`LOCAL`], for the logs alone.
+const SAMPLED: &str = "cra::call::sampled";
+const LOCAL: &str = "cra::call";
+
+fn is_sampled_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == SAMPLED
+}
 
 /// Spans are being exported: their trace ids are the ones to record.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The share of new traces sampled, as a threshold on a random `u64` (`u64::MAX`: all).
+static SAMPLE_THRESHOLD: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a call is sampled, decided before its span exists: a caller's `traceparent`
+/// decides (its `sampled` flag), else `--otlp-sample-ratio` (as the SDK's `ParentBased`
+/// `TraceIdRatioBased` sampler would, which is then left with nothing to refuse).
+fn sampled(traceparent: Option<&str>) -> bool {
+    if let Some(flags) = traceparent.and_then(traceparent_flags) {
+        return flags & 1 == 1;
+    }
+    match SAMPLE_THRESHOLD.load(Ordering::Relaxed) {
+        0 => false,
+        u64::MAX => true,
+        t => rand::random::<u64>() < t,
+    }
+}
+
+/// The flags of a valid `traceparent`.
+fn traceparent_flags(value: &str) -> Option<u8> {
+    TraceId::from_traceparent(value)?;
+    let flags = value.trim().split('-').nth(3)?;
+    u8::from_str_radix(flags, 16).ok()
+}
 
 /// A W3C trace id: 16 bytes, written as 32 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,11 +190,11 @@ impl Traces {
                 endpoint: endpoint.clone(),
                 source,
             })?;
+        // The sampling is decided before a span is made (`sampled`): the SDK's sampler sees
+        // only sampled calls, and keeps them.
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                cfg.sample_ratio,
-            ))))
+            .with_sampler(Sampler::AlwaysOn)
             .with_resource(
                 Resource::builder()
                     .with_service_name(cfg.service_name.clone())
@@ -171,7 +208,16 @@ impl Traces {
             .with_tracer(provider.tracer("cra"))
             .with_location(false)
             .with_threads(false)
-            .with_tracked_inactivity(false);
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(
+                is_sampled_span as fn(&tracing::Metadata<'_>) -> bool,
+            ));
+        let threshold = if cfg.sample_ratio >= 1.0 {
+            u64::MAX
+        } else {
+            (cfg.sample_ratio * u64::MAX as f64) as u64
+        };
+        SAMPLE_THRESHOLD.store(threshold, Ordering::Relaxed);
         EXPORTING.store(true, Ordering::Relaxed);
         Ok((
             Traces {
@@ -220,24 +266,36 @@ pub fn call_span(
     rpc: &str,
     headers: &axum::http::HeaderMap,
 ) -> (tracing::Span, Option<TraceId>) {
-    let span = tracing::info_span!(
-        "call",
-        otel.name = %format_args!("{transport} {rpc}"),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        transport,
-        rpc = %rpc,
-        request_id = Empty,
-        trace_id = Empty,
-        model_version = Empty,
-        model_role = Empty,
-        outcome = Empty,
-        decision_id = Empty,
-        decisions = Empty,
-        status = Empty,
-    );
+    macro_rules! call_span {
+        ($target:expr) => {
+            tracing::info_span!(
+                target: $target,
+                "call",
+                otel.name = %format_args!("{transport} {rpc}"),
+                otel.kind = "server",
+                otel.status_code = Empty,
+                transport,
+                rpc = %rpc,
+                request_id = Empty,
+                trace_id = Empty,
+                model_version = Empty,
+                model_role = Empty,
+                outcome = Empty,
+                decision_id = Empty,
+                decisions = Empty,
+                status = Empty,
+            )
+        };
+    }
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let exported = EXPORTING.load(Ordering::Relaxed) && sampled(traceparent);
+    let span = if exported {
+        call_span!(SAMPLED)
+    } else {
+        call_span!(LOCAL)
+    };
     let mut trace = None;
-    if EXPORTING.load(Ordering::Relaxed) && !span.is_disabled() {
+    if exported && !span.is_disabled() {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         let _ = span.set_parent(parent);
         let id = span.context().span().span_context().trace_id();
@@ -246,10 +304,7 @@ pub fn call_span(
         }
     }
     if trace.is_none() {
-        trace = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceId::from_traceparent);
+        trace = traceparent.and_then(TraceId::from_traceparent);
     }
     if let Some(t) = trace {
         span.record("trace_id", tracing::field::display(t));
@@ -304,6 +359,10 @@ pub fn record_decisions(request_id: &str, model_version: &str, outcome: &str, n:
 mod tests {
     use super::*;
 
+    fn bad_flags() -> &'static str {
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g"
+    }
+
     #[test]
     fn traceparent_parsing_follows_w3c() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -325,6 +384,12 @@ mod tests {
         ] {
             assert_eq!(TraceId::from_traceparent(bad), None, "{bad}");
         }
+        assert_eq!(traceparent_flags(ok), Some(1));
+        assert_eq!(
+            traceparent_flags("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+            Some(0)
+        );
+        assert_eq!(traceparent_flags(bad_flags()), None);
         // A later version may carry more fields.
         assert!(TraceId::from_traceparent(
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
