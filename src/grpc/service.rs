@@ -363,29 +363,43 @@ struct StreamJob {
 /// scored in parallel (the tree walk dominates a stream's CPU time).
 const PARALLEL_ROUND: usize = 256;
 
-/// Applications a stream's task scores between two yields to the runtime: a round of
-/// thousands is scored a slice at a time, so that a call arriving meanwhile on the same worker
-/// thread waits for one slice (well under a millisecond), not for the whole round.
-const SLICE: usize = 64;
+/// A stream's task yields to the runtime once it has scored for this long, so that a call
+/// arriving meanwhile on the same worker thread waits about this long, not for the whole round
+/// (a round of thousands, with explanations, takes tens of milliseconds).
+const YIELD_AFTER: Duration = Duration::from_micros(500);
 
-/// [`Scorer::decide`] a slice at a time, yielding between slices.
+/// The applications of one [`Scorer::decide`] call of a stream round: from one block of the tree
+/// walk (16 rows) to 1,024. The size adapts to how long a slice takes (explanations make an
+/// application ten times dearer), aiming at slices of about [`YIELD_AFTER`].
+const MIN_SLICE: usize = 16;
+const MAX_SLICE: usize = 1024;
+
+/// [`Scorer::decide`] a slice at a time, yielding whenever [`YIELD_AFTER`] has passed.
 async fn decide_in_slices(
     scorer: &Scorer,
     set: &ModelSet,
     inputs: &[ApplicationInput],
     asked: &[bool],
 ) -> Result<Vec<Item>, ServeError> {
-    if inputs.len() <= SLICE {
-        return scorer.decide(set, inputs, asked);
-    }
     let mut items = Vec::with_capacity(inputs.len());
-    for (k, slice) in inputs.chunks(SLICE).enumerate() {
-        if k > 0 {
+    let mut size = 4 * MIN_SLICE;
+    let mut since_yield = Instant::now();
+    let mut at = 0;
+    while at < inputs.len() {
+        if at > 0 && since_yield.elapsed() >= YIELD_AFTER {
             tokio::task::yield_now().await;
+            since_yield = Instant::now();
         }
-        let from = k * SLICE;
-        let asked = asked.get(from..from + slice.len()).unwrap_or(&[]);
-        items.extend(scorer.decide(set, slice, asked)?);
+        let end = (at + size).min(inputs.len());
+        let started = Instant::now();
+        items.extend(scorer.decide(set, &inputs[at..end], asked.get(at..end).unwrap_or(&[]))?);
+        let took = started.elapsed();
+        if took > YIELD_AFTER {
+            size = (size / 2).max(MIN_SLICE);
+        } else if took < YIELD_AFTER / 4 {
+            size = (size * 2).min(MAX_SLICE);
+        }
+        at = end;
     }
     Ok(items)
 }
@@ -553,12 +567,18 @@ impl StreamJob {
             let recorded = scorer.record_batch(&ctx, &set, &inputs, &decided, decided_at, latency);
 
             // Answer each request message with its own response message, in order.
+            // Explained answers are dear to build: yield now and then, as while deciding.
             let mut k = 0usize;
             let mut inputs = inputs.into_iter();
             let mut answers = Vec::with_capacity(sizes.len());
+            let mut since_yield = Instant::now();
             for size in sizes {
                 let mut results = Vec::with_capacity(size);
                 for input in inputs.by_ref().take(size) {
+                    if k % MIN_SLICE == MIN_SLICE - 1 && since_yield.elapsed() >= YIELD_AFTER {
+                        tokio::task::yield_now().await;
+                        since_yield = Instant::now();
+                    }
                     let result = match (&recorded, &decided[k]) {
                         (Err(e), _) => pb::batch_result::Result::Error(e.to_item_error()),
                         (Ok(_), Item::Invalid(v)) => {
