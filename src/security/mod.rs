@@ -3,7 +3,7 @@
 //! - [`keys`]: the API keys file (only SHA-256 hashes of the keys), its pure parser
 //!   ([`keys::parse`]), `cra keys add|list|revoke`, and the constant-time lookup;
 //! - [`caller`]: [`Caller`], who a call comes from, as the scoring path receives it;
-//! - [`rate`]: per-client rate limits (governor), counted in applications;
+//! - [`rate`]: per-client rate limits (a GCRA that reserves turns), counted in applications;
 //! - [`tls`]: the servers' TLS (rustls) and a client certificate's identity;
 //! - [`auth`]: the one authentication decision of both ports, its gRPC tower layer and its
 //!   axum middleware: health, readiness and metrics stay open, everything else needs a
