@@ -56,6 +56,9 @@ impl Admission {
         n: usize,
         deadline: Option<Instant>,
     ) -> Result<Duration, ScoreError> {
+        if !caller.is_limited() {
+            return Ok(Duration::ZERO);
+        }
         let until_deadline = deadline.map_or(Duration::MAX, |at| {
             at.saturating_duration_since(Instant::now())
         });
