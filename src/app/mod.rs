@@ -524,7 +524,7 @@ pub fn serve(config: ServeConfig, log_format: crate::config::LogFormat) -> anyho
         }
         .await;
         // The last spans are sent whether serving ended well or not.
-        tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+        traces.shutdown().await;
         served.map_err(anyhow::Error::from)
     })?;
     Ok(())

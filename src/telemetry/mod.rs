@@ -5,6 +5,7 @@
 //!   plain text. A line logged during a call carries the call's span: its `request_id`,
 //!   `decision_id` and `trace_id`.
 //! - [`traces`]: one span per call, exported over OTLP when `--otlp-endpoint` is set.
+pub mod span_export;
 pub mod traces;
 
 use std::io::IsTerminal;
@@ -36,9 +37,15 @@ pub fn init_serving(
 
 fn install(
     format: crate::config::LogFormat,
-    otel: Option<traces::OtelLayer>,
+    otel: Option<span_export::ExportLayer>,
 ) -> Result<(), tracing_subscriber::util::TryInitError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if otel.is_some() {
+        // A sampled call's span is exported whatever level the logs are kept at.
+        if let Ok(d) = format!("{}=info", traces::SAMPLED).parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let ansi = std::io::stderr().is_terminal();
     let logs = if format == crate::config::LogFormat::Json {
         fmt::layer()

@@ -8,46 +8,34 @@
 //! `decision_id` (one decision) or `decisions` (a batch). The scoring core fills those in
 //! ([`record_decision`], [`record_decisions`]); the transports record the status code.
 //!
+//! Whether a call is sampled is decided before its span exists ([`sampled`]): a sampled call's
+//! span gets the target [`SAMPLED`] and its ids, which [`super::span_export`] turns into an
+//! OpenTelemetry span when it closes; any other call's span is for the logs alone and costs
+//! the exporter nothing.
+//!
 //! The trace id also goes into every decision row (`decisions.trace_id`), so that a trace
 //! leads to its decisions and a decision to its trace: the exported span's trace id, or, when
 //! nothing is exported, the trace id of the caller's `traceparent`, if it sent one.
 use std::{
     fmt,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
-use opentelemetry::{
-    propagation::{Extractor, TextMapPropagator},
-    trace::{TraceContextExt, TracerProvider as _},
-    KeyValue,
-};
+use opentelemetry::{trace::TraceState, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::{
-    propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider},
-    Resource,
-};
+use opentelemetry_sdk::{trace::SpanExporter as _, Resource};
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{Layer as _, Registry};
 
-/// The layer that turns the sampled call spans into OpenTelemetry spans: it sees only the spans
-/// of [`SAMPLED`], so that a call that is not sampled costs the OpenTelemetry layer nothing.
-pub type OtelLayer = tracing_subscriber::filter::Filtered<
-    tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::SdkTracer>,
-    tracing_subscriber::filter::FilterFn<fn(&tracing::Metadata<'_>) -> bool>,
-    Registry,
->;
+use super::span_export::{self, CallIds, ExportLayer, SpanQueue};
 
-/// The target of a sampled call's span, the only one the OpenTelemetry layer sees; a call that
+/// The target of a sampled call's span, the only one the [`ExportLayer`] keeps; a call that
 /// is not sampled gets the same span under [`LOCAL`], for the logs alone.
-const SAMPLED: &str = "cra::call::sampled";
+pub(crate) const SAMPLED: &str = "cra::call::sampled";
 const LOCAL: &str = "cra::call";
-
-fn is_sampled_span(meta: &tracing::Metadata<'_>) -> bool {
-    meta.target() == SAMPLED
-}
 
 /// Spans are being exported: their trace ids are the ones to record.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
@@ -81,11 +69,17 @@ fn traceparent_flags(value: &str) -> Option<u8> {
 pub struct TraceId(pub [u8; 16]);
 
 impl fmt::Display for TraceId {
+    /// 32 lowercase hex digits, written at once (a log line and a span field of every traced
+    /// call carry it).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
         }
-        Ok(())
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -148,19 +142,26 @@ pub enum TracesError {
     NoSubscriber,
 }
 
-/// The running exporter; [`Traces::shutdown`] sends what is buffered.
+/// The running exporter; [`Traces::shutdown`] sends what is queued.
 #[must_use = "shut it down to send the last spans"]
 pub struct Traces {
-    provider: Option<SdkTracerProvider>,
+    exporter: Option<Exporting>,
     endpoint: Option<String>,
     sample_ratio: f64,
+}
+
+/// The exporter task and what stops it.
+struct Exporting {
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
+    queue: Arc<SpanQueue>,
 }
 
 impl Traces {
     /// Nothing exported.
     pub fn off() -> Traces {
         Traces {
-            provider: None,
+            exporter: None,
             endpoint: None,
             sample_ratio: 0.0,
         }
@@ -168,20 +169,20 @@ impl Traces {
 
     /// True when spans are exported.
     pub fn is_exporting(&self) -> bool {
-        self.provider.is_some()
+        self.exporter.is_some()
     }
 
-    /// Builds the exporter to `cfg.endpoint` (nothing when it is `None`) and the layer that
-    /// feeds it, for the subscriber to be installed with. Must run inside the tokio runtime:
-    /// the exporter's gRPC channel lives on it.
-    pub fn start(cfg: &TracesConfig) -> Result<(Traces, Option<OtelLayer>), TracesError> {
+    /// Builds the exporter to `cfg.endpoint` (nothing when it is `None`), starts its task, and
+    /// returns the layer that feeds it, for the subscriber to be installed with. Must run
+    /// inside the tokio runtime: the exporter's gRPC channel and its task live on it.
+    pub fn start(cfg: &TracesConfig) -> Result<(Traces, Option<ExportLayer>), TracesError> {
         let Some(endpoint) = &cfg.endpoint else {
             return Ok((Traces::off(), None));
         };
         if !(0.0..=1.0).contains(&cfg.sample_ratio) {
             return Err(TracesError::Ratio(cfg.sample_ratio));
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
             .with_timeout(Duration::from_secs(5))
@@ -190,28 +191,19 @@ impl Traces {
                 endpoint: endpoint.clone(),
                 source,
             })?;
-        // The sampling is decided before a span is made (`sampled`): the SDK's sampler sees
-        // only sampled calls, and keeps them.
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_sampler(Sampler::AlwaysOn)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(cfg.service_name.clone())
-                    .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                    .build(),
-            )
-            .build();
-        // No source location, thread or busy/idle time on the spans: attributes nobody reads,
-        // paid on every call.
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("cra"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(
-                is_sampled_span as fn(&tracing::Metadata<'_>) -> bool,
-            ));
+        exporter.set_resource(
+            &Resource::builder()
+                .with_service_name(cfg.service_name.clone())
+                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                .build(),
+        );
+        let queue = Arc::new(SpanQueue::default());
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(span_export::run_exporter(
+            queue.clone(),
+            exporter,
+            stop.clone(),
+        ));
         let threshold = if cfg.sample_ratio >= 1.0 {
             u64::MAX
         } else {
@@ -221,11 +213,15 @@ impl Traces {
         EXPORTING.store(true, Ordering::Relaxed);
         Ok((
             Traces {
-                provider: Some(provider),
+                exporter: Some(Exporting {
+                    task,
+                    stop,
+                    queue: queue.clone(),
+                }),
                 endpoint: Some(endpoint.clone()),
                 sample_ratio: cfg.sample_ratio,
             },
-            Some(layer),
+            Some(ExportLayer::new(queue)),
         ))
     }
 
@@ -236,27 +232,66 @@ impl Traces {
         }
     }
 
-    /// Stops exporting and sends the spans still buffered (blocking, up to the export timeout).
-    pub fn shutdown(self) {
-        if let Some(provider) = self.provider {
+    /// Stops exporting and sends the spans still queued (up to the export timeout per batch).
+    pub async fn shutdown(self) {
+        if let Some(e) = self.exporter {
             EXPORTING.store(false, Ordering::Relaxed);
-            if let Err(e) = provider.shutdown() {
-                tracing::warn!(error = %e, "the last spans could not be sent to the OTLP collector");
+            e.stop.notify_one();
+            if tokio::time::timeout(Duration::from_secs(10), e.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last spans could not be sent to the OTLP collector in 10 s");
+            }
+            let dropped = e.queue.dropped();
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "spans were dropped while the OTLP collector fell behind"
+                );
             }
         }
     }
 }
 
-/// Reads W3C headers from an HTTP header map (gRPC metadata are HTTP/2 headers).
-struct Headers<'a>(&'a axum::http::HeaderMap);
+/// The ids of a sampled call's span: the caller's trace (and its span as the parent) when it
+/// sent a valid `traceparent`, else a new trace.
+fn call_ids(traceparent: Option<&str>, tracestate: Option<&str>) -> CallIds {
+    let nonzero_span = || loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    };
+    match traceparent.and_then(|tp| Some((TraceId::from_traceparent(tp)?, parent_of(tp)?))) {
+        Some((trace, parent)) => CallIds {
+            trace: trace.0,
+            span: nonzero_span(),
+            parent: Some(parent),
+            trace_state: tracestate
+                .and_then(|t| t.parse::<TraceState>().ok())
+                .unwrap_or_default(),
+        },
+        None => CallIds {
+            trace: loop {
+                let id: [u8; 16] = rand::random();
+                if id != [0; 16] {
+                    break id;
+                }
+            },
+            span: nonzero_span(),
+            parent: None,
+            trace_state: TraceState::default(),
+        },
+    }
+}
 
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
+/// The parent span id of a `traceparent` already known to be valid.
+fn parent_of(traceparent: &str) -> Option<[u8; 8]> {
+    let hex = traceparent.trim().split('-').nth(2)?;
+    let mut id = [0u8; 8];
+    hex::decode_to_slice(hex, &mut id).ok()?;
+    Some(id)
 }
 
 /// The span of one call and the trace id its decisions record. `transport` is `grpc` or
@@ -287,22 +322,20 @@ pub fn call_span(
             )
         };
     }
-    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let exported = EXPORTING.load(Ordering::Relaxed) && sampled(traceparent);
-    let span = if exported {
-        call_span!(SAMPLED)
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let traceparent = header("traceparent");
+    let mut trace = None;
+    let span = if EXPORTING.load(Ordering::Relaxed) && sampled(traceparent) {
+        let ids = call_ids(traceparent, header("tracestate"));
+        let id = TraceId(ids.trace);
+        let (span, exported) = span_export::with_ids(ids, || call_span!(SAMPLED));
+        if exported {
+            trace = Some(id);
+        }
+        span
     } else {
         call_span!(LOCAL)
     };
-    let mut trace = None;
-    if exported && !span.is_disabled() {
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
-        let _ = span.set_parent(parent);
-        let id = span.context().span().span_context().trace_id();
-        if id != opentelemetry::trace::TraceId::INVALID {
-            trace = Some(TraceId(id.to_bytes()));
-        }
-    }
     if trace.is_none() {
         trace = traceparent.and_then(TraceId::from_traceparent);
     }
