@@ -18,9 +18,8 @@ use arrow::{
 };
 use cra_model::{
     application::{monthly_payment, payment_to_income, CATEGORICAL_INPUTS, NUMERIC_INPUTS},
-    arrow_io::{self, IdColumn, OutputRow, ScoredColumns},
+    arrow_io::{self, IdColumn},
     decide::{decide, ExplainPolicy, Item},
-    explain::Explanation,
     import::{import_bundle, BoosterFormat, ImportSpec},
     registry::{load_set, ModelSet, ModelSource},
     synthetic::{generate, GeneratorParams},
@@ -238,44 +237,11 @@ fn output(
     inputs: &[cra_model::ApplicationInput],
     items: &[Item],
 ) -> Result<RecordBatch, String> {
-    let errors: Vec<Option<String>> = items
-        .iter()
-        .map(|item| match item {
-            Item::Invalid(v) => Some(arrow_io::violations_text(v)),
-            Item::Scored { .. } => None,
-        })
-        .collect();
-    let rows: Vec<OutputRow<'_>> = inputs
-        .iter()
-        .zip(items)
-        .zip(&errors)
-        .enumerate()
-        .map(|(i, ((input, item), error))| OutputRow {
-            row: first_row + i as u64,
-            application_id: &input.application_id,
-            scored: match item {
-                Item::Scored {
-                    member, decision, ..
-                } => Some(ScoredColumns {
-                    probability_default: decision.probability_default,
-                    risk_score: decision.risk_score,
-                    risk_level: decision.risk_level.as_str(),
-                    prediction: decision.prediction,
-                    margin: f64::from(decision.margin),
-                    model_version: set.live[*member].bundle.version(),
-                }),
-                Item::Invalid(_) => None,
-            },
-            error: error.as_deref(),
-        })
-        .collect();
-    let explanations: Vec<Option<&Explanation>> = items
-        .iter()
-        .map(|item| match item {
-            Item::Scored { explanation, .. } => explanation.as_deref(),
-            Item::Invalid(_) => None,
-        })
-        .collect();
+    let errors = arrow_io::error_texts(items);
+    let rows = arrow_io::output_rows(first_row, inputs, items, &errors, |m| {
+        set.live[m].bundle.version()
+    });
+    let explanations = arrow_io::explanations_of(items);
     arrow_io::output_batch(schema, id, explain, &rows, &explanations)
 }
 

@@ -19,7 +19,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use cra_model::ApplicationInput;
 use uuid::Uuid;
 
 use crate::{
@@ -27,7 +26,7 @@ use crate::{
     decision_log::{DecisionLog, DecisionLogConfig},
     scoring::{CallContext, DecisionRecorder, ExplainPolicy, Item, Registry, Rpc, Scorer},
 };
-use parquet_io::{IdColumn, InputBatch, InputReader, OutputRow, OutputWriter, ScoredColumns};
+use parquet_io::{IdColumn, InputBatch, InputReader, OutputWriter};
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
@@ -238,53 +237,15 @@ fn write_scored(
     s: &Scored,
     summary: &mut ScoreSummary,
 ) -> anyhow::Result<()> {
-    let errors: Vec<Option<String>> = s
-        .items
-        .iter()
-        .map(|item| match item {
-            Item::Invalid(v) => Some(cra_model::arrow_io::violations_text(v)),
-            Item::Scored { .. } => None,
-        })
-        .collect();
-    let rows: Vec<OutputRow<'_>> = s
-        .batch
-        .inputs
-        .iter()
-        .zip(&s.items)
-        .zip(&errors)
-        .enumerate()
-        .map(
-            |(i, ((input, item), error)): (usize, ((&ApplicationInput, &Item), _))| {
-                let scored = match item {
-                    Item::Scored {
-                        member, decision, ..
-                    } => Some(ScoredColumns {
-                        probability_default: decision.probability_default,
-                        risk_score: decision.risk_score,
-                        risk_level: decision.risk_level.as_str(),
-                        prediction: decision.prediction,
-                        margin: f64::from(decision.margin),
-                        model_version: &s.versions[*member].0,
-                    }),
-                    Item::Invalid(_) => None,
-                };
-                OutputRow {
-                    row: s.batch.first_row + i as u64,
-                    application_id: &input.application_id,
-                    scored,
-                    error: error.as_deref(),
-                }
-            },
-        )
-        .collect();
-    let explanations: Vec<Option<&cra_model::explain::Explanation>> = s
-        .items
-        .iter()
-        .map(|item| match item {
-            Item::Scored { explanation, .. } => explanation.as_deref(),
-            Item::Invalid(_) => None,
-        })
-        .collect();
+    let errors = cra_model::arrow_io::error_texts(&s.items);
+    let rows = cra_model::arrow_io::output_rows(
+        s.batch.first_row,
+        &s.batch.inputs,
+        &s.items,
+        &errors,
+        |m| &s.versions[m].0,
+    );
+    let explanations = cra_model::arrow_io::explanations_of(&s.items);
     writer.write_explained(&rows, &explanations)?;
     for item in &s.items {
         summary.rows += 1;

@@ -596,6 +596,66 @@ pub fn violations_text(v: &[crate::input::FieldViolation]) -> String {
         .join("; ")
 }
 
+/// The `error` text of each item: every violation of an invalid one, `None` for a scored one.
+/// The rows of [`output_rows`] borrow them.
+pub fn error_texts(items: &[crate::decide::Item]) -> Vec<Option<String>> {
+    items
+        .iter()
+        .map(|item| match item {
+            crate::decide::Item::Invalid(v) => Some(violations_text(v)),
+            crate::decide::Item::Scored { .. } => None,
+        })
+        .collect()
+}
+
+/// The output rows of `items`, the decisions on `inputs` in the same order, the first of them
+/// at row `first_row` of the input: the scores of each scored one (`version_of` names the model
+/// of each live member), or its text in `errors` (from [`error_texts`]). The one mapping from
+/// decisions to output rows, for `cra score` and the Python package.
+pub fn output_rows<'a>(
+    first_row: u64,
+    inputs: &'a [ApplicationInput],
+    items: &'a [crate::decide::Item],
+    errors: &'a [Option<String>],
+    version_of: impl Fn(usize) -> &'a str,
+) -> Vec<OutputRow<'a>> {
+    inputs
+        .iter()
+        .zip(items)
+        .zip(errors)
+        .enumerate()
+        .map(|(i, ((input, item), error))| OutputRow {
+            row: first_row + i as u64,
+            application_id: &input.application_id,
+            scored: match item {
+                crate::decide::Item::Scored {
+                    member, decision, ..
+                } => Some(ScoredColumns {
+                    probability_default: decision.probability_default,
+                    risk_score: decision.risk_score,
+                    risk_level: decision.risk_level.as_str(),
+                    prediction: decision.prediction,
+                    margin: f64::from(decision.margin),
+                    model_version: version_of(*member),
+                }),
+                crate::decide::Item::Invalid(_) => None,
+            },
+            error: error.as_deref(),
+        })
+        .collect()
+}
+
+/// The explanation of each item, where it has one.
+pub fn explanations_of(items: &[crate::decide::Item]) -> Vec<Option<&Explanation>> {
+    items
+        .iter()
+        .map(|item| match item {
+            crate::decide::Item::Scored { explanation, .. } => explanation.as_deref(),
+            crate::decide::Item::Invalid(_) => None,
+        })
+        .collect()
+}
+
 /// The output columns of `rows` under `schema` (from [`output_schema_with`] with the same `id`
 /// and `explain`): each row's scores, or nulls and its `error`; with `explain`, each row's
 /// explanation (`explanations[i]` for `rows[i]`; a missing entry is an unexplained row).
