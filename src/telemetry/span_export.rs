@@ -8,7 +8,8 @@
 //! lock, attribute by attribute through `Debug` formatting), and the per-layer filter that
 //! kept unsampled calls away from them made every callsite's interest dynamic, so that every
 //! `tracing` callsite of h2 and tonic was checked again on every hit. Together that was 16 to
-//! 20 µs of CPU per call, a fifth of the server's whole cost of a call (docs/PERFORMANCE.md).
+//! 20 µs of CPU per call, a quarter to a third of what the server spent on a call
+//! (docs/PERFORMANCE.md).
 //! Here a sampled call costs one small struct in the span's extensions, one `Vec` of
 //! attributes whose keys are the fields' static names, and one push under a mutex; the layer
 //! is a plain one, so `RUST_LOG` still decides which callsites are enabled once and for all.
