@@ -3,8 +3,8 @@
 use clap::Parser;
 
 /// mimalloc, as text-embeddings-inference does: a call allocates and frees many small
-/// buffers across the runtime's threads, where glibc's allocator spent 5-8% of the server's
-/// CPU consolidating and unlinking chunks (docs/PERFORMANCE.md).
+/// buffers across the runtime's threads, and glibc's malloc and free took about a tenth of the
+/// server's CPU in its profiles (docs/PERFORMANCE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

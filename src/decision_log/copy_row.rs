@@ -157,12 +157,8 @@ impl W<'_> {
     }
     /// A trace id as text: 32 lowercase hex digits.
     fn trace_id(&mut self, t: &crate::telemetry::traces::TraceId) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         self.0.extend_from_slice(&32i32.to_be_bytes());
-        for b in t.0 {
-            self.0.push(HEX[usize::from(b >> 4)]);
-            self.0.push(HEX[usize::from(b & 15)]);
-        }
+        self.0.extend_from_slice(&t.hex());
     }
     /// A value written by `f`, with its length filled in afterwards.
     fn with_len(&mut self, f: impl FnOnce(&mut Vec<u8>)) {

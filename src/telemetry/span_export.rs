@@ -236,9 +236,8 @@ impl tracing::field::Visit for Pending {
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         let name = field.name();
-        if name == "otel.kind"
-            || !(name == "otel.name" || is_attribute(name) || name == "otel.status_code")
-        {
+        // The span's kind is always "server"; its trace id is its own.
+        if matches!(name, "otel.kind" | "trace_id") {
             return;
         }
         let written = Written::of(value);
@@ -312,10 +311,10 @@ impl SpanQueue {
     /// Everything queued, leaving room for a batch (so that the queue does not grow again from
     /// nothing, copying its spans at each doubling).
     fn take(&self) -> Vec<SpanData> {
-        self.spans
-            .lock()
-            .map(|mut s| std::mem::replace(&mut *s, Vec::with_capacity(BATCH)))
-            .unwrap_or_default()
+        match self.spans.lock() {
+            Ok(mut s) if !s.is_empty() => std::mem::replace(&mut *s, Vec::with_capacity(BATCH)),
+            _ => Vec::new(),
+        }
     }
 
     /// Spans dropped because the queue was full.

@@ -46,9 +46,9 @@ static SAMPLE_THRESHOLD: AtomicU64 = AtomicU64::new(0);
 /// Whether a call is sampled, decided before its span exists: a caller's `traceparent`
 /// decides (its `sampled` flag), else `--otlp-sample-ratio` (as the SDK's `ParentBased`
 /// `TraceIdRatioBased` sampler would, which is then left with nothing to refuse).
-fn sampled(traceparent: Option<&str>) -> bool {
-    if let Some(flags) = traceparent.and_then(traceparent_flags) {
-        return flags & 1 == 1;
+fn sampled(traceparent: Option<&TraceParent>) -> bool {
+    if let Some(tp) = traceparent {
+        return tp.flags & 1 == 1;
     }
     match SAMPLE_THRESHOLD.load(Ordering::Relaxed) {
         0 => false,
@@ -58,35 +58,24 @@ fn sampled(traceparent: Option<&str>) -> bool {
 }
 
 /// The flags of a valid `traceparent`.
+#[cfg(test)]
 fn traceparent_flags(value: &str) -> Option<u8> {
-    TraceId::from_traceparent(value)?;
-    let flags = value.trim().split('-').nth(3)?;
-    u8::from_str_radix(flags, 16).ok()
+    TraceParent::parse(value).map(|tp| tp.flags)
 }
 
-/// A W3C trace id: 16 bytes, written as 32 lowercase hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TraceId(pub [u8; 16]);
-
-impl fmt::Display for TraceId {
-    /// 32 lowercase hex digits, written at once (a log line and a span field of every traced
-    /// call carry it).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 15)];
-        }
-        // Hex digits are ASCII.
-        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
-    }
+/// A valid W3C `traceparent` header: the caller's trace, its span (this call's parent) and
+/// its flags. Parsed once per call.
+#[derive(Debug, Clone, Copy)]
+struct TraceParent {
+    trace: TraceId,
+    parent: [u8; 8],
+    flags: u8,
 }
 
-impl TraceId {
-    /// The trace id of a `traceparent` header value (`00-<32 hex>-<16 hex>-<2 hex>`), if it is
-    /// a valid one; an all-zero id is invalid (W3C Trace Context, §3.2.2.3).
-    pub fn from_traceparent(value: &str) -> Option<TraceId> {
+impl TraceParent {
+    /// The fields of `value` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is a valid `traceparent`;
+    /// all-zero trace or parent ids are invalid (W3C Trace Context, §3.2.2.3).
+    fn parse(value: &str) -> Option<TraceParent> {
         let mut parts = value.trim().split('-');
         let (version, trace, parent, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -105,9 +94,50 @@ impl TraceId {
         if !hex_of(trace, 32) {
             return None;
         }
-        let mut id = [0u8; 16];
-        hex::decode_to_slice(trace, &mut id).ok()?;
-        (id != [0; 16] && parent != "0000000000000000").then_some(TraceId(id))
+        let mut tp = TraceParent {
+            trace: TraceId([0; 16]),
+            parent: [0; 8],
+            flags: 0,
+        };
+        hex::decode_to_slice(trace, &mut tp.trace.0).ok()?;
+        hex::decode_to_slice(parent, &mut tp.parent).ok()?;
+        let mut f = [0u8; 1];
+        hex::decode_to_slice(flags, &mut f).ok()?;
+        tp.flags = f[0];
+        (tp.trace.0 != [0; 16] && tp.parent != [0; 8]).then_some(tp)
+    }
+}
+
+/// A W3C trace id: 16 bytes, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+impl fmt::Display for TraceId {
+    /// 32 lowercase hex digits, written at once (a log line and a span field of every traced
+    /// call carry it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl TraceId {
+    /// The trace id of a `traceparent` header value (`00-<32 hex>-<16 hex>-<2 hex>`), if it is
+    /// a valid one (see [`TraceParent::parse`]).
+    pub fn from_traceparent(value: &str) -> Option<TraceId> {
+        TraceParent::parse(value).map(|tp| tp.trace)
+    }
+
+    /// The id as 32 lowercase hex digits (ASCII): how logs, spans and the decision log's
+    /// `trace_id` column write it.
+    pub fn hex(&self) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        out
     }
 }
 
@@ -256,18 +286,18 @@ impl Traces {
 
 /// The ids of a sampled call's span: the caller's trace (and its span as the parent) when it
 /// sent a valid `traceparent`, else a new trace.
-fn call_ids(traceparent: Option<&str>, tracestate: Option<&str>) -> CallIds {
+fn call_ids(traceparent: Option<&TraceParent>, tracestate: Option<&str>) -> CallIds {
     let nonzero_span = || loop {
         let id: [u8; 8] = rand::random();
         if id != [0; 8] {
             return id;
         }
     };
-    match traceparent.and_then(|tp| Some((TraceId::from_traceparent(tp)?, parent_of(tp)?))) {
-        Some((trace, parent)) => CallIds {
-            trace: trace.0,
+    match traceparent {
+        Some(tp) => CallIds {
+            trace: tp.trace.0,
             span: nonzero_span(),
-            parent: Some(parent),
+            parent: Some(tp.parent),
             trace_state: tracestate
                 .and_then(|t| t.parse::<TraceState>().ok())
                 .unwrap_or_default(),
@@ -284,14 +314,6 @@ fn call_ids(traceparent: Option<&str>, tracestate: Option<&str>) -> CallIds {
             trace_state: TraceState::default(),
         },
     }
-}
-
-/// The parent span id of a `traceparent` already known to be valid.
-fn parent_of(traceparent: &str) -> Option<[u8; 8]> {
-    let hex = traceparent.trim().split('-').nth(2)?;
-    let mut id = [0u8; 8];
-    hex::decode_to_slice(hex, &mut id).ok()?;
-    Some(id)
 }
 
 /// The span of one call and the trace id its decisions record. `transport` is `grpc` or
@@ -323,10 +345,10 @@ pub fn call_span(
         };
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let traceparent = header("traceparent");
+    let traceparent = header("traceparent").and_then(TraceParent::parse);
     let mut trace = None;
-    let span = if EXPORTING.load(Ordering::Relaxed) && sampled(traceparent) {
-        let ids = call_ids(traceparent, header("tracestate"));
+    let span = if EXPORTING.load(Ordering::Relaxed) && sampled(traceparent.as_ref()) {
+        let ids = call_ids(traceparent.as_ref(), header("tracestate"));
         let id = TraceId(ids.trace);
         let (span, exported) = span_export::with_ids(ids, || call_span!(SAMPLED));
         if exported {
@@ -337,7 +359,7 @@ pub fn call_span(
         call_span!(LOCAL)
     };
     if trace.is_none() {
-        trace = traceparent.and_then(TraceId::from_traceparent);
+        trace = traceparent.map(|tp| tp.trace);
     }
     if let Some(t) = trace {
         span.record("trace_id", tracing::field::display(t));
