@@ -106,9 +106,16 @@ thread_local! {
     static SEEN: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `s` as a `'static` string kept for the life of the process, or `None` once
-/// [`MAX_INTERNED`] strings are kept.
+/// Longest value kept by [`intern`]: method names, versions and codes are short; a client's
+/// long path is copied, never kept.
+const MAX_INTERNED_LEN: usize = 128;
+
+/// `s` as a `'static` string kept for the life of the process, or `None` when it is longer
+/// than [`MAX_INTERNED_LEN`] or [`MAX_INTERNED`] strings are kept.
 fn intern(s: &str) -> Option<&'static str> {
+    if s.len() > MAX_INTERNED_LEN {
+        return None;
+    }
     if let Some(found) = SEEN.with(|seen| seen.borrow().iter().copied().find(|k| *k == s)) {
         return Some(found);
     }
@@ -620,6 +627,7 @@ mod tests {
         let a = intern("model-a").unwrap();
         let b = intern(&String::from("model-a")).unwrap();
         assert!(std::ptr::eq(a, b));
+        assert_eq!(intern(&"m".repeat(MAX_INTERNED_LEN + 1)), None);
         let long = "x".repeat(200);
         assert_eq!(Written::of(&format_args!("{long}")).as_str(), long);
         assert_eq!(Written::of(&format_args!("short")).as_str(), "short");

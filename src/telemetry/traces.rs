@@ -284,6 +284,9 @@ impl Traces {
     }
 }
 
+/// Longest caller `tracestate` a sampled span keeps, in bytes.
+const MAX_TRACESTATE_LEN: usize = 512;
+
 /// The ids of a sampled call's span: the caller's trace (and its span as the parent) when it
 /// sent a valid `traceparent`, else a new trace.
 fn call_ids(traceparent: Option<&TraceParent>, tracestate: Option<&str>) -> CallIds {
@@ -298,7 +301,10 @@ fn call_ids(traceparent: Option<&TraceParent>, tracestate: Option<&str>) -> Call
             trace: tp.trace.0,
             span: nonzero_span(),
             parent: Some(tp.parent),
+            // W3C Trace Context lets a server cut a `tracestate` past 512 characters; a longer
+            // one is dropped rather than kept in every queued span.
             trace_state: tracestate
+                .filter(|t| t.len() <= MAX_TRACESTATE_LEN)
                 .and_then(|t| t.parse::<TraceState>().ok())
                 .unwrap_or_default(),
         },
@@ -450,5 +456,18 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
         )
         .is_some());
+    }
+
+    #[test]
+    fn a_sampled_span_keeps_a_short_tracestate_and_drops_a_long_one() {
+        let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let ids = call_ids(tp.as_ref(), Some("vendor=x"));
+        assert_eq!(ids.trace_state.header(), "vendor=x");
+        assert_eq!(
+            ids.parent,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        let long = format!("vendor={}", "x".repeat(MAX_TRACESTATE_LEN));
+        assert_eq!(call_ids(tp.as_ref(), Some(&long)).trace_state.header(), "");
     }
 }
