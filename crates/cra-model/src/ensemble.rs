@@ -50,6 +50,9 @@ const MAX_COMPLETE_FEATURES: usize = 64;
 pub const MAX_FEATURES: usize = 1 << 16;
 /// Rows walked together through one tree by [`Ensemble::margins`].
 const BLOCK: usize = 16;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 /// Trees walked together for one row by [`Ensemble::margin`].
 const TREE_GROUP: usize = 8;
 
@@ -73,6 +76,9 @@ struct Split {
 #[derive(Debug, Clone)]
 struct Complete {
     depth: usize,
+    /// The same trees for the AVX-512 block walk, when this processor has it.
+    #[cfg(target_arch = "x86_64")]
+    avx512: Option<avx512::Avx512Trees>,
     /// `2^depth - 1` splits per tree.
     splits: Vec<Split>,
     /// `2^depth` leaf values per tree.
@@ -127,11 +133,18 @@ impl Complete {
                     .iter()
                     .all(|s| (s.feature as usize) < 2 * num_features)
         );
-        Complete {
+        let mut complete = Complete {
             depth,
+            #[cfg(target_arch = "x86_64")]
+            avx512: None,
             splits,
             leaves,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            complete.avx512 = avx512::Avx512Trees::build(&complete);
         }
+        complete
     }
 }
 
@@ -425,6 +438,17 @@ impl Ensemble {
         self.num_features
     }
 
+    /// This ensemble walked by the portable code only (to check the AVX-512 walk against).
+    #[cfg(test)]
+    fn without_avx512(&self) -> Ensemble {
+        let mut e = self.clone();
+        #[cfg(target_arch = "x86_64")]
+        if let Some(c) = &mut e.complete {
+            c.avx512 = None;
+        }
+        e
+    }
+
     /// Number of trees.
     pub fn num_trees(&self) -> usize {
         self.roots.len()
@@ -563,38 +587,49 @@ impl Ensemble {
         }
     }
 
+    /// Walks each tree for a block of [`BLOCK`] rows, level by level. The block's widened rows
+    /// are kept feature-major (`wide[f * BLOCK + r]`), so that a row's value is found at a
+    /// constant offset from its feature's column: the rows' indices stay in registers, and the
+    /// loads of the block's rows overlap.
     fn margins_depth<const D: usize>(c: &Complete, nf: usize, matrix: &[f32], out: &mut [f32]) {
-        let w = 2 * nf;
         let internal = (1usize << D) - 1;
         assert_eq!(c.depth, D);
         assert_eq!(c.splits.len(), c.leaves.len() / (internal + 1) * internal);
         // Rows past the end of the matrix in the last block stay zero and are not added.
-        let mut wide = vec![0.0f32; BLOCK * w];
+        let mut wide = vec![0.0f32; BLOCK * 2 * nf];
         for (block, sums) in matrix.chunks(BLOCK * nf).zip(out.chunks_mut(BLOCK)) {
-            for (row, dst) in block.chunks_exact(nf).zip(wide.chunks_exact_mut(w)) {
-                widen(row, dst);
+            for (r, row) in block.chunks_exact(nf).enumerate() {
+                for (f, &x) in row.iter().enumerate() {
+                    wide[f * BLOCK + r] = x;
+                    wide[(nf + f) * BLOCK + r] = if x.is_nan() { f32::INFINITY } else { x };
+                }
             }
             let wide = &wide[..];
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = &c.avx512 {
+                simd.add_block(wide, sums);
+                continue;
+            }
             for (splits, leaves) in c
                 .splits
                 .chunks_exact(internal)
                 .zip(c.leaves.chunks_exact(internal + 1))
             {
-                let mut idx = [0usize; BLOCK];
+                let mut idx = [0u32; BLOCK];
                 for _ in 0..D {
                     for (r, at) in idx.iter_mut().enumerate() {
-                        debug_assert!(*at < internal);
+                        debug_assert!((*at as usize) < internal);
                         // SAFETY: after k < D levels `at` < 2^(k+1) - 1 <= internal =
-                        // splits.len(); `Complete::build` only writes features < 2 * nf = w,
-                        // and r < BLOCK, so the row index is < BLOCK * w = wide.len().
-                        let s = unsafe { *splits.get_unchecked(*at) };
-                        let x = unsafe { *wide.get_unchecked(r * w + s.feature as usize) };
-                        *at = 2 * *at + 1 + usize::from(x >= s.threshold);
+                        // splits.len(); `Complete::build` only writes features < 2 * nf, and
+                        // r < BLOCK, so the index is < 2 * nf * BLOCK = wide.len().
+                        let s = unsafe { *splits.get_unchecked(*at as usize) };
+                        let x = unsafe { *wide.get_unchecked(s.feature as usize * BLOCK + r) };
+                        *at = 2 * *at + 1 + u32::from(x >= s.threshold);
                     }
                 }
                 for (sum, at) in sums.iter_mut().zip(&idx) {
                     // After D levels `at` is in internal..=2 * internal: a leaf.
-                    *sum += leaves[*at - internal];
+                    *sum += leaves[*at as usize - internal];
                 }
             }
         }
@@ -928,6 +963,58 @@ mod tests {
         assert!(err.to_string().contains("reached twice"), "{err}");
     }
 
+    /// The AVX-512 block walk (where this processor has it) gives the portable walk's margins
+    /// to the last bit: on generated rows, on rows with missing values, and on rows whose
+    /// values sit exactly on thresholds (where `>=` and `<` part).
+    #[test]
+    fn the_avx512_walk_gives_the_portable_walks_margins() {
+        let e = Ensemble::from_xgboost_json(&std::fs::read(DEFAULT_BOOSTER).unwrap()).unwrap();
+        let portable = e.without_avx512();
+        let nf = e.num_features();
+        let bundle = crate::bundle::ModelBundle::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/default"
+        ))
+        .unwrap();
+        let data = crate::synthetic::generate(&crate::synthetic::GeneratorParams {
+            rows: 3_001,
+            seed: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut matrix = bundle.preprocessor().transform(&data.rows);
+        // Missing values, and values on the thresholds of the first trees' splits.
+        let thresholds: Vec<(usize, f32)> = (0..e.num_trees())
+            .flat_map(|t| e.tree_nodes(t).collect::<Vec<_>>())
+            .filter_map(|n| match n {
+                TreeNode::Split {
+                    feature, threshold, ..
+                } => Some((feature as usize, threshold)),
+                TreeNode::Leaf { .. } => None,
+            })
+            .collect();
+        for (r, row) in matrix.chunks_exact_mut(nf).enumerate() {
+            match r % 3 {
+                0 => row[r % nf] = f32::NAN,
+                1 => {
+                    let (f, t) = thresholds[r % thresholds.len()];
+                    row[f] = t;
+                }
+                _ => {}
+            }
+        }
+        let fast = e.margins(&matrix);
+        let reference = portable.margins(&matrix);
+        assert_eq!(fast.len(), reference.len());
+        for (r, (a, b)) in fast.iter().zip(&reference).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "row {r}: {a} against {b}");
+        }
+        // Row by row, as a unary call scores, too.
+        for (r, row) in matrix.chunks_exact(nf).enumerate().step_by(7) {
+            assert_eq!(e.margin(row).to_bits(), reference[r].to_bits(), "row {r}");
+        }
+    }
+
     /// Walk speed, old and new layouts in one process: `cargo test --release --lib
     /// model::ensemble::tests::walk_speed -- --ignored --nocapture`.
     #[test]
@@ -982,6 +1069,10 @@ mod tests {
         });
         time("complete trees, blocks of 16 (new margins)", &|| {
             e.margins(black_box(&matrix)).iter().sum()
+        });
+        let portable = e.without_avx512();
+        time("complete trees, blocks of 16, portable", &|| {
+            portable.margins(black_box(&matrix)).iter().sum()
         });
     }
 
