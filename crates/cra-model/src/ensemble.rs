@@ -598,10 +598,23 @@ impl Ensemble {
         // Rows past the end of the matrix in the last block stay zero and are not added.
         let mut wide = vec![0.0f32; BLOCK * 2 * nf];
         for (block, sums) in matrix.chunks(BLOCK * nf).zip(out.chunks_mut(BLOCK)) {
-            for (r, row) in block.chunks_exact(nf).enumerate() {
-                for (f, &x) in row.iter().enumerate() {
-                    wide[f * BLOCK + r] = x;
-                    wide[(nf + f) * BLOCK + r] = if x.is_nan() { f32::INFINITY } else { x };
+            let (as_is, nan_right) = wide.split_at_mut(nf * BLOCK);
+            for (f, (column, column_right)) in as_is
+                .chunks_exact_mut(BLOCK)
+                .zip(nan_right.chunks_exact_mut(BLOCK))
+                .enumerate()
+            {
+                for ((x, x_right), row) in column
+                    .iter_mut()
+                    .zip(column_right.iter_mut())
+                    .zip(block.chunks_exact(nf))
+                {
+                    *x = row[f];
+                    *x_right = if row[f].is_nan() {
+                        f32::INFINITY
+                    } else {
+                        row[f]
+                    };
                 }
             }
             let wide = &wide[..];

@@ -29,6 +29,8 @@ pub(super) struct Avx512Trees {
     /// Per tree and level, the range of `distinct` holding the features its splits read.
     levels: Vec<(u32, u32)>,
     distinct: Vec<u32>,
+    /// The widened row's length a block needs: one more than the largest feature read.
+    features_read: usize,
 }
 
 impl Avx512Trees {
@@ -47,6 +49,7 @@ impl Avx512Trees {
             leaves: Vec::with_capacity(trees),
             levels: Vec::with_capacity(trees * c.depth),
             distinct: Vec::new(),
+            features_read: 0,
         };
         for (splits, leaves) in c
             .splits
@@ -74,6 +77,7 @@ impl Avx512Trees {
             t.features.push(feat);
             t.leaves.push(leaf);
         }
+        t.features_read = t.distinct.iter().max().map_or(0, |&f| f as usize + 1);
         Some(t)
     }
 
@@ -81,10 +85,7 @@ impl Avx512Trees {
     /// feature-major in `wide` (`wide[f * BLOCK + r]`).
     pub(super) fn add_block(&self, wide: &[f32], out: &mut [f32]) {
         assert!(out.len() <= BLOCK && BLOCK == 16);
-        assert!(self
-            .distinct
-            .iter()
-            .all(|&f| (f as usize + 1) * BLOCK <= wide.len()));
+        assert!(self.features_read * BLOCK <= wide.len());
         // SAFETY: `build` returned this layout only where AVX-512F was detected, and every
         // feature read from `wide` is within it (asserted above).
         unsafe { self.add_block_avx512(wide, out) }
