@@ -409,9 +409,31 @@ pub struct OutputWriter {
     writer: Option<ArrowWriter<File>>,
     rows_written: u64,
     write_failed: bool,
+    /// Bytes of the file already handed to the disk by [`start_writeback`].
+    written_back: u64,
     /// Cleared once the temporary file is renamed into place, or must be kept.
     remove_temp_on_drop: bool,
 }
+
+/// Written bytes gathered before they are handed to the disk.
+const WRITEBACK_BYTES: u64 = 1 << 20;
+
+/// Asks the kernel to start writing bytes `from..to` of `file` to disk, without waiting: a
+/// hint, so a failure changes nothing (the final sync reports real errors).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: a plain syscall on a file descriptor this writer owns, with no pointers.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _from: u64, _to: u64) {}
 
 impl std::fmt::Debug for OutputWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -475,6 +497,7 @@ impl OutputWriter {
             writer: Some(writer),
             rows_written: 0,
             write_failed: false,
+            written_back: 0,
             remove_temp_on_drop: true,
         })
     }
@@ -525,6 +548,13 @@ impl OutputWriter {
             });
         }
         self.rows_written += rows.len() as u64;
+        // Start writing finished row groups to disk now, so that `finish`'s sync has little
+        // left to wait for (it was 7% of a run's wall time on a virtual disk).
+        let flushed = writer.bytes_written() as u64;
+        if flushed >= self.written_back + WRITEBACK_BYTES {
+            start_writeback(writer.inner(), self.written_back, flushed);
+            self.written_back = flushed;
+        }
         Ok(())
     }
 
