@@ -12,6 +12,10 @@
 #         the output Parquet file, exit (wall time), and its peak RSS;
 #   peer: pipeline.predict_proba on the DataFrame already in memory (the script's own timer;
 #         reading the file is outside it), median of its repeats.
+# Each timed `cra score` follows one untimed run of the same command, as the peer's script
+# times only repeats after its first (its figure is the median of warm repeats): right after
+# the peer's process exits, the machine spends a while taking back its gigabyte, and a command
+# started then ran at half speed for the same CPU time.
 # env: ROUNDS (3), THREADS (cra's --threads; default all CPUs)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -32,6 +36,7 @@ THREAD_ARGS=()
 
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r: cra score"
+  "$BIN" score --model models/default --data "$DATA" --out "$OUT/scored.parquet" --quiet "${THREAD_ARGS[@]}" >/dev/null
   /usr/bin/time -f '%e %M' -o "$OUT/cra-$r.time" \
     "$BIN" score --model models/default --data "$DATA" --out "$OUT/scored.parquet" --quiet "${THREAD_ARGS[@]}" \
     | tee "$OUT/cra-$r.txt"
