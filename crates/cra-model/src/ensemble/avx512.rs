@@ -96,60 +96,77 @@ impl Avx512Trees {
         let mut sums = [0.0f32; BLOCK];
         sums[..out.len()].copy_from_slice(out);
         let mut sum = _mm512_loadu_ps(sums.as_ptr());
-        let internal = _mm512_set1_epi32((1i32 << self.depth) - 1);
-        let one = _mm512_set1_epi32(1);
-        let high = _mm512_set1_epi32(32);
-        for (tree, ((thr, feat), leaf)) in self
-            .thresholds
-            .iter()
-            .zip(&self.features)
-            .zip(&self.leaves)
-            .enumerate()
-        {
-            let mut idx = _mm512_setzero_si512();
-            for (level, &(first, last)) in self.levels[tree * self.depth..][..self.depth]
-                .iter()
-                .enumerate()
-            {
-                // Levels 0 to 4 hold nodes 0 to 30, all in the first two registers.
-                let (t, f) = if level < 5 {
-                    (lookup_ps(thr, 0, idx), lookup_epi32(feat, 0, idx))
-                } else {
-                    let upper = _mm512_test_epi32_mask(idx, high);
-                    (
-                        _mm512_mask_blend_ps(
-                            upper,
-                            lookup_ps(thr, 0, idx),
-                            lookup_ps(thr, 32, idx),
-                        ),
-                        _mm512_mask_blend_epi32(
-                            upper,
-                            lookup_epi32(feat, 0, idx),
-                            lookup_epi32(feat, 32, idx),
-                        ),
-                    )
-                };
-                // Each lane reads exactly one of the level's features.
-                let mut x = _mm512_setzero_ps();
-                for &d in &self.distinct[first as usize..last as usize] {
-                    let lanes = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
-                    x = _mm512_mask_loadu_ps(x, lanes, wide.as_ptr().add(d as usize * BLOCK));
-                }
-                // `x >= t`, false for NaN: the scalar walk's comparison.
-                let right = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, t);
-                idx = _mm512_add_epi32(_mm512_add_epi32(idx, idx), one);
-                idx = _mm512_mask_add_epi32(idx, right, idx, one);
+        let trees = self.thresholds.len();
+        // Two trees at a time, so that their walks overlap; their leaves are then added in
+        // tree order.
+        let mut tree = 0;
+        while tree + 1 < trees {
+            let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for level in 0..self.depth {
+                a = self.step(wide, tree, level, a);
+                b = self.step(wide, tree + 1, level, b);
             }
-            let at = _mm512_sub_epi32(idx, internal);
-            let value = _mm512_mask_blend_ps(
-                _mm512_test_epi32_mask(at, high),
-                lookup_ps(leaf, 0, at),
-                lookup_ps(leaf, 32, at),
-            );
-            sum = _mm512_add_ps(sum, value);
+            sum = _mm512_add_ps(sum, self.leaf(tree, a));
+            sum = _mm512_add_ps(sum, self.leaf(tree + 1, b));
+            tree += 2;
+        }
+        if tree < trees {
+            let mut a = _mm512_setzero_si512();
+            for level in 0..self.depth {
+                a = self.step(wide, tree, level, a);
+            }
+            sum = _mm512_add_ps(sum, self.leaf(tree, a));
         }
         _mm512_storeu_ps(sums.as_mut_ptr(), sum);
         out.copy_from_slice(&sums[..out.len()]);
+    }
+
+    /// Every lane's node index in `tree` after `level`, from its index `idx` at that level.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn step(&self, wide: &[f32], tree: usize, level: usize, idx: __m512i) -> __m512i {
+        let thr = &self.thresholds[tree];
+        let feat = &self.features[tree];
+        let high = _mm512_set1_epi32(32);
+        // Levels 0 to 4 hold nodes 0 to 30, all in the first two registers.
+        let (t, f) = if level < 5 {
+            (lookup_ps(thr, 0, idx), lookup_epi32(feat, 0, idx))
+        } else {
+            let upper = _mm512_test_epi32_mask(idx, high);
+            (
+                _mm512_mask_blend_ps(upper, lookup_ps(thr, 0, idx), lookup_ps(thr, 32, idx)),
+                _mm512_mask_blend_epi32(
+                    upper,
+                    lookup_epi32(feat, 0, idx),
+                    lookup_epi32(feat, 32, idx),
+                ),
+            )
+        };
+        // Each lane reads exactly one of the level's features.
+        let (first, last) = self.levels[tree * self.depth + level];
+        let mut x = _mm512_setzero_ps();
+        for &d in &self.distinct[first as usize..last as usize] {
+            let lanes = _mm512_cmpeq_epi32_mask(f, _mm512_set1_epi32(d as i32));
+            x = _mm512_mask_loadu_ps(x, lanes, wide.as_ptr().add(d as usize * BLOCK));
+        }
+        // `x >= t`, false for NaN: the scalar walk's comparison.
+        let right = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, t);
+        let one = _mm512_set1_epi32(1);
+        let next = _mm512_add_epi32(_mm512_add_epi32(idx, idx), one);
+        _mm512_mask_add_epi32(next, right, next, one)
+    }
+
+    /// Every lane's leaf value in `tree`, from its node index after the last level.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn leaf(&self, tree: usize, idx: __m512i) -> __m512 {
+        let at = _mm512_sub_epi32(idx, _mm512_set1_epi32((1i32 << self.depth) - 1));
+        let table = &self.leaves[tree];
+        _mm512_mask_blend_ps(
+            _mm512_test_epi32_mask(at, _mm512_set1_epi32(32)),
+            lookup_ps(table, 0, at),
+            lookup_ps(table, 32, at),
+        )
     }
 }
 
