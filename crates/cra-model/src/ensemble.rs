@@ -13,6 +13,9 @@
 
 use serde_json::Value;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 /// Errors reading an XGBoost JSON model.
 #[derive(Debug, thiserror::Error)]
 pub enum EnsembleError {
@@ -50,9 +53,6 @@ const MAX_COMPLETE_FEATURES: usize = 64;
 pub const MAX_FEATURES: usize = 1 << 16;
 /// Rows walked together through one tree by [`Ensemble::margins`].
 const BLOCK: usize = 16;
-
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 /// Trees walked together for one row by [`Ensemble::margin`].
 const TREE_GROUP: usize = 8;
 
@@ -154,7 +154,17 @@ fn widen(row: &[f32], out: &mut [f32]) {
     let (as_is, nan_right) = out.split_at_mut(row.len());
     as_is.copy_from_slice(row);
     for (o, &x) in nan_right.iter_mut().zip(row) {
-        *o = if x.is_nan() { f32::INFINITY } else { x };
+        *o = nan_goes_right(x);
+    }
+}
+
+/// `x` in the second half of a widened row: a missing value becomes +inf, which goes right.
+#[inline]
+fn nan_goes_right(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::INFINITY
+    } else {
+        x
     }
 }
 
@@ -610,11 +620,7 @@ impl Ensemble {
                     .zip(block.chunks_exact(nf))
                 {
                     *x = row[f];
-                    *x_right = if row[f].is_nan() {
-                        f32::INFINITY
-                    } else {
-                        row[f]
-                    };
+                    *x_right = nan_goes_right(row[f]);
                 }
             }
             let wide = &wide[..];
